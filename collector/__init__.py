@@ -1,0 +1,1 @@
+"""Collect readings from old machines (Modbus, later MQTT) and store them in InfluxDB."""

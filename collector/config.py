@@ -1,0 +1,567 @@
+"""The factory config file: pydantic models, loading, environment overrides and readable errors.
+
+Everything a collector, the maintenance service and the dashboards know about a plant comes from
+one YAML file validated here before any socket opens. Secrets never come from the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "ENV_OVERRIDES",
+    "REGISTER_COUNT",
+    "Config",
+    "ConfigError",
+    "ConfigProblem",
+    "InfluxDBConfig",
+    "Machine",
+    "ModbusDevice",
+    "Sector",
+    "Signal",
+    "json_schema",
+    "load_config",
+    "parse_config",
+]
+
+Table = Literal["coil", "discrete", "holding", "input"]
+SignalType = Literal[
+    "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
+]
+Order = Literal["big", "little"]
+Transport = Literal["tcp", "rtu-over-tcp", "rtu"]
+
+# Registers each numeric type occupies; strings say how many with `count`.
+REGISTER_COUNT: dict[str, int] = {
+    "bool": 1,
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float32": 2,
+    "float64": 4,
+}
+
+# order shorthand → (byte_order, word_order); A is the most significant byte.
+_ORDERS: dict[str, tuple[Order, Order]] = {
+    "ABCD": ("big", "big"),
+    "CDAB": ("big", "little"),
+    "BADC": ("little", "big"),
+    "DCBA": ("little", "little"),
+}
+
+# Modicon's 1-based numbering: the leading digit names the table.
+_MODICON_TABLES: dict[str, Table] = {"0": "coil", "1": "discrete", "3": "input", "4": "holding"}
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+# Connection settings a user may override from the environment, and where they land.
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "AGUANTE_INFLUXDB_URL": ("influxdb", "url"),
+    "AGUANTE_INFLUXDB_DATABASE": ("influxdb", "database"),
+    "AGUANTE_INFLUXDB_USERNAME": ("influxdb", "username"),
+    "AGUANTE_INFLUXDB_PASSWORD": ("influxdb", "password"),
+    "AGUANTE_INFLUXDB_TOKEN": ("influxdb", "token"),
+}
+_SECRETS = {"password": "AGUANTE_INFLUXDB_PASSWORD", "token": "AGUANTE_INFLUXDB_TOKEN"}
+
+
+class _FieldProblem(ValueError):
+    """Raised by a model validator to name the field at fault, not just the model."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+
+class InfluxDBConfig(_Model):
+    """Where readings are stored: InfluxDB's v1 HTTP API (1.x, 2.x compatibility, 3.x)."""
+
+    url: str = Field("http://127.0.0.1:8086", description="Base URL of the InfluxDB HTTP API.")
+    database: Name = "aguante"
+    retention_policy: str | None = None
+    username: str | None = Field(None, description="Also AGUANTE_INFLUXDB_USERNAME.")
+    password: str | None = Field(
+        None, description="Only from AGUANTE_INFLUXDB_PASSWORD, never from the file."
+    )
+    token: str | None = Field(None, description="Only from AGUANTE_INFLUXDB_TOKEN.")
+    create_database: bool = Field(True, description="Run CREATE DATABASE on start (idempotent).")
+    gzip: bool = False
+    timeout: float = Field(5.0, gt=0, le=120)
+    batch_size: int = Field(5000, ge=1, le=50_000)
+    flush_interval: float = Field(1.0, gt=0, le=60)
+    max_buffered_points: int = Field(1_000_000, ge=1000)
+    quarantine_file: str = Field(
+        "aguante-quarantine.jsonl",
+        description="Where lines InfluxDB refuses for good are kept for a later replay.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"{url!r} is not an http(s) URL, e.g. http://127.0.0.1:8086")
+        return url.rstrip("/")
+
+
+class Sector(_Model):
+    """A part of the plant (press shop, turning, furnaces): a tag on every point of its machines."""
+
+    id: Name
+    name: str | None = None
+
+
+class Signal(_Model):
+    """One value of a machine read from a Modbus table and decoded."""
+
+    name: Name = Field(description="The InfluxDB field name; keeps one type forever.")
+    table: Table | None = Field(None, description="Implied when written as `register: 40001`.")
+    address: int | None = Field(None, ge=0, le=65535, description="0-based, as on the wire.")
+    # `register` would shadow ABCMeta.register, so the attribute has another name.
+    modicon: int | str | None = Field(
+        None,
+        alias="register",
+        description="1-based Modicon number (40001 = holding address 0), written explicitly.",
+    )
+    type: SignalType = "uint16"
+    count: int | None = Field(None, ge=1, le=125, description="Registers; required for string.")
+    bit: int | None = Field(
+        None, ge=0, le=15, description="Bit of a register, 0 = least significant."
+    )
+    order: Literal["ABCD", "CDAB", "BADC", "DCBA"] | None = None
+    byte_order: Order | None = None
+    word_order: Order | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str | None = None
+
+    @field_validator("byte_order", "word_order", mode="before")
+    @classmethod
+    def _order_hint(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.upper() in _ORDERS:
+            raise ValueError(
+                f"{value!r} is not big or little; "
+                f"for {value.upper()} write `order: {value.upper()}`"
+            )
+        return value
+
+    @field_validator("order", mode="before")
+    @classmethod
+    def _order_upper(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.upper() in _ORDERS:
+            return value.upper()
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Signal:
+        if (self.address is None) == (self.modicon is None):
+            raise _FieldProblem(
+                "address",
+                "give exactly one of `address` (0-based, as on the wire) or `register` "
+                "(1-based Modicon number such as 40001)",
+            )
+        if self.modicon is not None:
+            table, address = _modicon(self.modicon)
+            if self.table is not None and self.table != table:
+                raise _FieldProblem(
+                    "table", f"register {self.modicon} is in the {table} table, not {self.table}"
+                )
+            object.__setattr__(self, "table", table)
+            object.__setattr__(self, "address", address)
+        if self.table is None:
+            raise _FieldProblem("table", "required key missing: coil, discrete, holding or input")
+        if self.order is not None and (self.byte_order or self.word_order):
+            raise _FieldProblem("order", "give either `order` or `byte_order`/`word_order`")
+        bit_table = self.table in ("coil", "discrete")
+        if bit_table and self.type != "bool":
+            raise _FieldProblem(
+                "type", f"a {self.table} holds one bit: the type must be bool, not {self.type}"
+            )
+        if self.bit is not None and (bit_table or self.type != "bool"):
+            raise _FieldProblem("bit", "only for a bool taken from a holding or input register")
+        if self.type == "bool" and not bit_table and self.bit is None:
+            raise _FieldProblem("bit", f"required for a bool in a {self.table} register (0-15)")
+        size = REGISTER_COUNT.get(self.type)
+        if size is None and self.count is None:
+            raise _FieldProblem("count", "required with type string (registers, 2 characters each)")
+        if size is not None and self.count is not None and self.count != size:
+            too = "too small" if self.count < size else "too large"
+            raise _FieldProblem(
+                "count",
+                f"{self.count} is {too} for type {self.type}, which takes {size} register(s); "
+                "leave `count` out",
+            )
+        if self.type in ("bool", "string") and (self.scale != 1.0 or self.offset != 0.0):
+            raise _FieldProblem("scale", f"scale and offset do not apply to type {self.type}")
+        if self.scale == 0:
+            raise _FieldProblem("scale", "0 would turn every value into the offset")
+        if self.wire_address + self.register_count > 65536:
+            raise _FieldProblem("address", "the signal runs past the last Modbus address (65535)")
+        return self
+
+    @property
+    def wire_address(self) -> int:
+        assert self.address is not None
+        return self.address
+
+    @property
+    def wire_table(self) -> Table:
+        assert self.table is not None
+        return self.table
+
+    @property
+    def register_count(self) -> int:
+        """Registers (or bits, in coil/discrete tables) this signal occupies."""
+        if self.type == "string":
+            assert self.count is not None
+            return self.count
+        return REGISTER_COUNT[self.type]
+
+    @property
+    def orders(self) -> tuple[Order, Order]:
+        """(byte order within a register, word order across registers)."""
+        if self.order is not None:
+            return _ORDERS[self.order]
+        return (self.byte_order or "big", self.word_order or "big")
+
+    @property
+    def field_kind(self) -> Literal["bool", "int", "float", "str"]:
+        """The InfluxDB field type, fixed by the config so a signal never changes type."""
+        if self.type == "bool":
+            return "bool"
+        if self.type == "string":
+            return "str"
+        if self.type.startswith("float") or self.scale != 1.0 or self.offset != 0.0:
+            return "float"
+        return "int"
+
+
+def _modicon(register: int | str) -> tuple[Table, int]:
+    # YAML reads 00001 as the number 1, so coils are written quoted ("00001") to keep the zeros.
+    digits = str(register).strip()
+    if digits.isdigit() and len(digits) in (5, 6) and digits[0] in _MODICON_TABLES:
+        number = int(digits[1:])
+        if number >= 1:
+            return _MODICON_TABLES[digits[0]], number - 1
+    raise _FieldProblem(
+        "register",
+        f"{register!r} is not a Modicon number: 40001 is holding address 0, 30001 input, "
+        '10001 discrete, "00001" (quoted) coil, 6 digits above 9999; '
+        "or give the 0-based `address` instead",
+    )
+
+
+class ModbusDevice(_Model):
+    """How to reach a machine's controller or meter, and the quirks it has."""
+
+    transport: Transport = "tcp"
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    serial_port: str | None = Field(None, description="For rtu: /dev/ttyUSB0, /dev/ttyS1 …")
+    baudrate: int = Field(9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit: int = Field(1, ge=0, le=255, description="Modbus unit (slave) id.")
+    poll_interval: float = Field(1.0, gt=0, le=3600, description="Seconds between polls.")
+    timeout: float = Field(1.0, gt=0, le=60, description="Seconds to wait for an answer.")
+    retries: int = Field(1, ge=0, le=10)
+    max_registers_per_request: int = Field(125, ge=1, le=125)
+    max_bits_per_request: int = Field(2000, ge=1, le=2000)
+    gap_fill: int = Field(
+        10, ge=0, le=124, description="Unused registers read through to save a request."
+    )
+    one_request_per_signal: bool = False
+    pause_between_requests: float = Field(0.0, ge=0, le=10)
+    pause_after_connect: float = Field(0.0, ge=0, le=30)
+    signals: list[Signal] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModbusDevice:
+        if self.transport == "rtu":
+            if not self.serial_port:
+                raise _FieldProblem("serial_port", "required with transport rtu (/dev/ttyUSB0 …)")
+            if self.host or self.port:
+                raise _FieldProblem("host", "only for tcp and rtu-over-tcp; rtu uses serial_port")
+        else:
+            if not self.host or self.port is None:
+                missing = "host" if not self.host else "port"
+                raise _FieldProblem(missing, f"required with transport {self.transport}")
+            if self.serial_port:
+                raise _FieldProblem("serial_port", "only for transport rtu")
+        names: set[str] = set()
+        for index, signal in enumerate(self.signals):
+            if signal.name in names:
+                raise _FieldProblem(f"signals[{index}].name", f"{signal.name!r} is used twice")
+            names.add(signal.name)
+        _check_overlaps(self.signals)
+        limit = self.max_registers_per_request
+        for index, signal in enumerate(self.signals):
+            if signal.register_count > limit:
+                raise _FieldProblem(
+                    f"signals[{index}].count",
+                    f"{signal.register_count} registers is more than "
+                    f"max_registers_per_request ({limit})",
+                )
+        return self
+
+    @property
+    def connection_key(self) -> str:
+        """Devices with the same key share one connection, one task and one request queue."""
+        if self.transport == "rtu":
+            return f"rtu:{self.serial_port}"
+        return f"{self.transport}://{self.host}:{self.port}"
+
+
+def _check_overlaps(signals: list[Signal]) -> None:
+    # Bits of one register may be shared by several bool signals; anything else overlapping is a
+    # copy-paste mistake that would store one value under two names.
+    taken: dict[tuple[str, int], tuple[str, int | None]] = {}
+    for index, signal in enumerate(signals):
+        for address in range(signal.wire_address, signal.wire_address + signal.register_count):
+            key = (signal.wire_table, address)
+            if key in taken:
+                other, other_bit = taken[key]
+                if signal.bit is not None and other_bit is not None and signal.bit != other_bit:
+                    continue
+                raise _FieldProblem(
+                    f"signals[{index}]",
+                    f"{signal.name!r} overlaps {other!r} at {signal.wire_table} address {address}",
+                )
+            taken[key] = (signal.name, signal.bit)
+
+
+class Machine(_Model):
+    """A machine on the floor, its sector and where its signals come from."""
+
+    id: Name
+    name: str | None = None
+    sector: Name
+    modbus: ModbusDevice | None = None
+
+
+class Config(_Model):
+    """The whole factory file."""
+
+    factory: Name
+    timezone: str = "America/Argentina/Buenos_Aires"
+    influxdb: InfluxDBConfig = InfluxDBConfig()
+    stats_interval: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between points of the collector measurement."
+    )
+    sectors: list[Sector] = Field(min_length=1)
+    machines: list[Machine] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(zone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {zone!r}; use a name such as America/Sao_Paulo"
+            ) from None
+        return zone
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        sector_ids = [s.id for s in self.sectors]
+        _unique(sector_ids, "sectors")
+        _unique([m.id for m in self.machines], "machines")
+        for index, machine in enumerate(self.machines):
+            if machine.sector not in sector_ids:
+                raise _FieldProblem(
+                    f"machines[{index}].sector",
+                    f"{machine.sector!r} is not among the sectors ({', '.join(sector_ids)})",
+                )
+        serial: dict[str, tuple[str, tuple[object, ...]]] = {}
+        for index, machine in enumerate(self.machines):
+            device = machine.modbus
+            if device is None or device.transport != "rtu":
+                continue
+            settings = (device.baudrate, device.parity, device.stopbits, device.bytesize)
+            first = serial.setdefault(device.connection_key, (machine.id, settings))
+            if first[1] != settings:
+                raise _FieldProblem(
+                    f"machines[{index}].modbus",
+                    f"shares {device.serial_port} with {first[0]!r} but not its "
+                    "baudrate/parity/stopbits/bytesize; one bus has one setting",
+                )
+        return self
+
+    def sector_of(self, machine: Machine) -> Sector:
+        return next(s for s in self.sectors if s.id == machine.sector)
+
+
+def _unique(ids: list[str], where: str) -> None:
+    seen: set[str] = set()
+    for index, item in enumerate(ids):
+        if item in seen:
+            raise _FieldProblem(f"{where}[{index}].id", f"{item!r} is used twice")
+        seen.add(item)
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in a config file: where, what, and how to fix it."""
+
+    path: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        return f"{text} (hint: {self.hint})" if self.hint else text
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; `problems` lists every error found."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment and validate a factory file; raise ConfigError."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            source, [ConfigProblem("", f"cannot read the file: {exc.strerror}")]
+        ) from None
+    return parse_config(text, source=source, environ=os.environ if environ is None else environ)
+
+
+def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, str]) -> Config:
+    """Validate YAML text; environment variables in ENV_OVERRIDES win over the file."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [ConfigProblem(where, f"not valid YAML: {problem}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            source,
+            [ConfigProblem("", "the file must be a mapping with factory, sectors, machines")],
+        )
+    problems: list[ConfigProblem] = []
+    influx = data.get("influxdb")
+    if isinstance(influx, dict):
+        for key, env_name in _SECRETS.items():
+            if influx.get(key) is not None:
+                problems.append(
+                    ConfigProblem(
+                        f"influxdb.{key}",
+                        "secrets are not read from the config file",
+                        f"remove it and set {env_name} in the environment",
+                    )
+                )
+    for env_name, (section, key) in ENV_OVERRIDES.items():
+        value = environ.get(env_name)
+        if value:
+            block = data.setdefault(section, {})
+            if isinstance(block, dict):
+                block[key] = value
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems(exc))
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def _problems(exc: ValidationError) -> list[ConfigProblem]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        path = _path(error["loc"])
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, _FieldProblem):
+            path = f"{path}.{cause.where}".lstrip(".").replace(".[", "[")
+        kind = error["type"]
+        message = error["msg"].removeprefix("Value error, ")
+        hint = ""
+        if kind == "extra_forbidden":
+            message = "unknown key"
+            hint = _did_you_mean(error["loc"])
+        elif kind == "missing":
+            message = "required key missing"
+        elif kind == "literal_error":
+            expected = error.get("ctx", {}).get("expected", "")
+            message = f"{error['input']!r} is not allowed; expected {expected}"
+        problems.append(ConfigProblem(path, message, hint))
+    return problems
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    key = str(loc[-1])
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        nested = _model_in(annotation)
+        if nested is None:
+            break
+        model = nested
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return "known keys: " + ", ".join(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the factory file, for editors (yaml-language-server and the like)."""
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "aguante factory config"
+    return schema

@@ -1,0 +1,75 @@
+"""Coalesce a device's signals into the fewest Modbus read requests its limits allow."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from collector.config import ModbusDevice, Signal, Table
+
+__all__ = ["ReadRequest", "coalesce_reads"]
+
+_BIT_TABLES = ("coil", "discrete")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """One read of `count` registers (or bits) from `address`, and the signals inside it."""
+
+    table: Table
+    address: int
+    count: int
+    signals: tuple[Signal, ...]
+
+    def slice_of(self, signal: Signal) -> slice:
+        start = signal.wire_address - self.address
+        return slice(start, start + signal.register_count)
+
+
+def coalesce_reads(device: ModbusDevice) -> list[ReadRequest]:
+    """Plan requests: per table, signals in address order, merged while within the limits.
+
+    Greedy merging is optimal here: a request covers a contiguous run of the sorted signals, so
+    extending each request as far as the span limit and the gap limit allow never costs a request.
+    """
+    requests: list[ReadRequest] = []
+    for table in ("coil", "discrete", "holding", "input"):
+        signals = sorted(
+            (s for s in device.signals if s.wire_table == table),
+            key=lambda s: (s.wire_address, s.register_count),
+        )
+        if not signals:
+            continue
+        if table in _BIT_TABLES:
+            limit, gap = device.max_bits_per_request, device.gap_fill * 16
+        else:
+            limit, gap = device.max_registers_per_request, device.gap_fill
+        if device.one_request_per_signal:
+            requests.extend(_request(table, [s]) for s in signals)
+        else:
+            requests.extend(_request(table, group) for group in _groups(signals, limit, gap))
+    return requests
+
+
+def _groups(signals: Iterable[Signal], limit: int, gap: int) -> list[list[Signal]]:
+    groups: list[list[Signal]] = []
+    current: list[Signal] = []
+    start = end = 0
+    for signal in signals:
+        s_start, s_end = signal.wire_address, signal.wire_address + signal.register_count
+        if current and s_start - end <= gap and max(end, s_end) - start <= limit:
+            current.append(signal)
+            end = max(end, s_end)
+            continue
+        if current:
+            groups.append(current)
+        current, start, end = [signal], s_start, s_end
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _request(table: Table, signals: list[Signal]) -> ReadRequest:
+    start = min(s.wire_address for s in signals)
+    end = max(s.wire_address + s.register_count for s in signals)
+    return ReadRequest(table, start, end - start, tuple(signals))

@@ -1,0 +1,301 @@
+"""Poll Modbus devices (TCP, RTU over a serial port, RTU over TCP) and yield readings.
+
+One `ModbusConnection` is one link — a TCP endpoint, a serial gateway or an RS-485 bus — with
+every device (unit id) reached through it, polled in turn from one task, so several units on one
+bus share one queue and a dead link never delays another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from collector.config import Config, Machine, ModbusDevice
+from collector.decode import DecodeError, decode_signal
+from collector.plan import ReadRequest, coalesce_reads
+from collector.schema import FieldValue
+from collector.sources import DeviceHealth, Reading
+
+__all__ = ["ModbusClient", "ModbusConnection", "make_client", "modbus_sources"]
+
+log = logging.getLogger(__name__)
+
+RAW_FRAMES_KEPT = 16
+
+
+class ModbusResponse(Protocol):
+    registers: list[int]
+    bits: list[bool]
+    exception_code: int
+
+    def isError(self) -> bool: ...
+
+
+class ModbusClient(Protocol):
+    """The part of a pymodbus async client the source uses; tests pass an in-memory device."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def connect(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def read_coils(
+        self, address: int, *, count: int = ..., device_id: int = ...
+    ) -> Awaitable[Any]: ...
+
+    def read_discrete_inputs(
+        self, address: int, *, count: int = ..., device_id: int = ...
+    ) -> Awaitable[Any]: ...
+
+    def read_holding_registers(
+        self, address: int, *, count: int = ..., device_id: int = ...
+    ) -> Awaitable[Any]: ...
+
+    def read_input_registers(
+        self, address: int, *, count: int = ..., device_id: int = ...
+    ) -> Awaitable[Any]: ...
+
+
+ClientFactory = Callable[[ModbusDevice, Callable[[bool, bytes], bytes]], ModbusClient]
+
+
+def make_client(device: ModbusDevice, trace: Callable[[bool, bytes], bytes]) -> ModbusClient:
+    """A pymodbus client for the device's link; reconnection is ours (reconnect_delay=0)."""
+    common: dict[str, Any] = {
+        "timeout": device.timeout,
+        "retries": device.retries,
+        "reconnect_delay": 0,
+        "trace_packet": trace,
+    }
+    if device.transport == "rtu":
+        assert device.serial_port is not None
+        return AsyncModbusSerialClient(
+            device.serial_port,
+            framer=FramerType.RTU,
+            baudrate=device.baudrate,
+            parity=device.parity,
+            stopbits=device.stopbits,
+            bytesize=device.bytesize,
+            **common,
+        )
+    assert device.host is not None and device.port is not None
+    framer = FramerType.SOCKET if device.transport == "tcp" else FramerType.RTU
+    return AsyncModbusTcpClient(device.host, port=device.port, framer=framer, **common)
+
+
+@dataclass
+class _Polled:
+    machine: Machine
+    device: ModbusDevice
+    plan: list[ReadRequest]
+    health: DeviceHealth
+    due: float = 0.0
+
+
+class ModbusConnection:
+    """One Modbus link and the devices behind it: `async with conn: async for reading in conn`."""
+
+    def __init__(
+        self,
+        machines: list[Machine],
+        *,
+        client_factory: ClientFactory = make_client,
+        reconnect_initial: float = 0.5,
+        reconnect_max: float = 30.0,
+    ) -> None:
+        if not machines or any(m.modbus is None for m in machines):
+            raise ValueError("a Modbus connection needs machines that each have a modbus block")
+        devices = [m.modbus for m in machines if m.modbus is not None]
+        keys = {d.connection_key for d in devices}
+        if len(keys) != 1:
+            raise ValueError(f"machines on one connection must share its link, got {sorted(keys)}")
+        # The link's timeout and retries are the most patient any device on it asks for.
+        link = max(devices, key=lambda d: (d.timeout, d.retries))
+        self.name = devices[0].connection_key
+        self.raw_frames: deque[tuple[float, bool, bytes]] = deque(maxlen=RAW_FRAMES_KEPT)
+        self._client = client_factory(link, self._trace)
+        self._pause_after_connect = max(d.pause_after_connect for d in devices)
+        self._polled = [
+            _Polled(m, d, coalesce_reads(d), DeviceHealth(m.id))
+            for m, d in zip(machines, devices, strict=True)
+        ]
+        self._reconnect_initial = reconnect_initial
+        self._reconnect_max = reconnect_max
+        self._link_up: bool | None = None
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        self.raw_frames.append((time.time(), sending, data))
+        return data
+
+    def health(self) -> list[DeviceHealth]:
+        return [p.health for p in self._polled]
+
+    async def __aenter__(self) -> ModbusConnection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._client.close()
+
+    def __aiter__(self) -> AsyncIterator[Reading]:
+        return self._poll_forever()
+
+    async def _poll_forever(self) -> AsyncIterator[Reading]:
+        backoff = self._reconnect_initial
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._client.connected:
+                if not await self._connect():
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._reconnect_max)
+                    continue
+                backoff = self._reconnect_initial
+                now = loop.time()
+                for polled in self._polled:
+                    polled.due = now
+            polled = min(self._polled, key=lambda p: p.due)
+            wait = polled.due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            interval = polled.device.poll_interval
+            # A poll that falls behind is not made up in a burst: the next is one interval on.
+            polled.due = max(polled.due + interval, loop.time())
+            try:
+                reading = await self._poll(polled)
+            except ConnectionException as exc:
+                self._link_lost(str(exc))
+                continue
+            if reading is not None:
+                yield reading
+
+    async def _connect(self) -> bool:
+        try:
+            ok = await self._client.connect()
+        except (OSError, ModbusException) as exc:
+            ok = False
+            reason = str(exc)
+        else:
+            reason = "no answer to connect"
+        if not ok:
+            self._link_lost(reason)
+            return False
+        if self._link_up is False:
+            log.info("%s: link back up", self.name)
+        self._link_up = True
+        if self._pause_after_connect:
+            await asyncio.sleep(self._pause_after_connect)
+        return True
+
+    def _link_lost(self, reason: str) -> None:
+        if self._link_up is not False:
+            log.warning("%s: link down (%s); retrying with backoff", self.name, reason)
+        self._link_up = False
+        for polled in self._polled:
+            polled.health.link_errors += 1
+            self._mark(polled, up=False, reason=reason)
+        self._client.close()
+
+    def _mark(self, polled: _Polled, *, up: bool, reason: str = "") -> None:
+        health = polled.health
+        if up and health.up is False:
+            log.info("%s: device back (unit %d)", polled.machine.id, polled.device.unit)
+        elif not up and health.up is not False:
+            log.warning(
+                "%s: device down (unit %d): %s", polled.machine.id, polled.device.unit, reason
+            )
+        health.up = up
+
+    async def _poll(self, polled: _Polled) -> Reading | None:
+        health = polled.health
+        device = polled.device
+        health.polls += 1
+        time_ms = time.time_ns() // 1_000_000
+        started = time.perf_counter()
+        values: dict[str, FieldValue] = {}
+        answered = False
+        problem = ""
+        for index, request in enumerate(polled.plan):
+            if index and device.pause_between_requests:
+                await asyncio.sleep(device.pause_between_requests)
+            health.requests += 1
+            try:
+                response = await _read(self._client, request, device.unit)
+            except ModbusIOException as exc:
+                # No answer: the device is silent, so the rest of its requests would only
+                # hold up the other units on this link.
+                health.timeouts += 1
+                problem = f"no answer ({exc})"
+                break
+            if response.isError():
+                code = response.exception_code
+                health.exceptions[code] = health.exceptions.get(code, 0) + 1
+                problem = f"exception code {code}"
+                answered = True
+                continue
+            answered = True
+            values.update(self._decode(polled, request, response))
+        health.last_latency_ms = (time.perf_counter() - started) * 1000
+        if values:
+            health.good_polls += 1
+        self._mark(polled, up=answered, reason=problem)
+        if not values:
+            return None
+        return Reading(polled.machine.id, time_ms, values)
+
+    def _decode(
+        self, polled: _Polled, request: ReadRequest, response: ModbusResponse
+    ) -> Iterator[tuple[str, FieldValue]]:
+        bit_table = request.table in ("coil", "discrete")
+        data: list[Any] = response.bits if bit_table else response.registers
+        for signal in request.signals:
+            part = data[request.slice_of(signal)]
+            try:
+                if bit_table:
+                    yield signal.name, decode_signal(signal, bits=part)
+                else:
+                    yield signal.name, decode_signal(signal, registers=part)
+            except (DecodeError, IndexError, ValueError):
+                polled.health.decode_errors += 1
+
+
+async def _read(client: ModbusClient, request: ReadRequest, unit: int) -> ModbusResponse:
+    if request.table == "holding":
+        read = client.read_holding_registers
+    elif request.table == "input":
+        read = client.read_input_registers
+    elif request.table == "coil":
+        read = client.read_coils
+    else:
+        read = client.read_discrete_inputs
+    response: ModbusResponse = await read(request.address, count=request.count, device_id=unit)
+    return response
+
+
+def modbus_sources(
+    config: Config, *, client_factory: ClientFactory = make_client, **options: float
+) -> list[ModbusConnection]:
+    """One connection per link, in config order, each with the machines reached through it."""
+    links: dict[str, list[Machine]] = {}
+    for machine in config.machines:
+        if machine.modbus is not None:
+            links.setdefault(machine.modbus.connection_key, []).append(machine)
+    return [
+        ModbusConnection(machines, client_factory=client_factory, **options)
+        for machines in links.values()
+    ]

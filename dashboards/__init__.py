@@ -1,0 +1,1 @@
+"""Grafana dashboards as code and assembly reports (later issues)."""

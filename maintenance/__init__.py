@@ -1,0 +1,1 @@
+"""Maintenance rules, tickets and the crews' web app (later issues)."""

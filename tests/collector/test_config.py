@@ -1,0 +1,95 @@
+"""The factory config: golden cases of real mistakes, environment overrides, the JSON Schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collector.config import ConfigError, json_schema, load_config, parse_config
+
+GOLDEN = Path(__file__).parent.parent / "golden" / "config"
+CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden(case: str) -> None:
+    """Each folder holds a config and the exact problems a user is shown (or `ok`)."""
+    folder = GOLDEN / case
+    expected = (folder / "expected.txt").read_text(encoding="utf-8").strip()
+    try:
+        load_config(folder / "config.yaml", environ={})
+    except ConfigError as exc:
+        assert "\n".join(str(p) for p in exc.problems) == expected
+    else:
+        assert expected == "ok"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_shipped_examples_are_valid(example: Path) -> None:
+    config = load_config(example, environ={})
+    assert config.machines
+
+
+MINIMAL = """
+factory: coop
+influxdb: {url: "http://127.0.0.1:8086", database: from_file}
+sectors: [{id: press}]
+machines:
+  - id: press-1
+    sector: press
+    modbus:
+      host: 127.0.0.1
+      port: 5020
+      signals: [{name: pressure, register: 40010, type: int16, scale: 0.1}]
+"""
+
+
+def test_environment_overrides_the_file_and_brings_secrets() -> None:
+    environ = {
+        "AGUANTE_INFLUXDB_URL": "https://influx.example:8086/",
+        "AGUANTE_INFLUXDB_DATABASE": "planta",
+        "AGUANTE_INFLUXDB_USERNAME": "collector",
+        "AGUANTE_INFLUXDB_PASSWORD": "s3cret",
+        "AGUANTE_INFLUXDB_TOKEN": "tok",
+    }
+    config = parse_config(MINIMAL, environ=environ)
+    influx = config.influxdb
+    assert (influx.url, influx.database) == ("https://influx.example:8086", "planta")
+    assert (influx.username, influx.password, influx.token) == ("collector", "s3cret", "tok")
+    assert parse_config(MINIMAL, environ={}).influxdb.database == "from_file"
+
+
+def test_modicon_register_is_one_based_and_explicit() -> None:
+    signal = parse_config(MINIMAL, environ={}).machines[0].modbus.signals[0]  # type: ignore[union-attr]
+    assert (signal.wire_table, signal.wire_address) == ("holding", 9)
+
+
+def test_all_problems_are_reported_together() -> None:
+    text = MINIMAL.replace("factory: coop", "factory: coop\npoll: 1").replace(
+        "type: int16", "type: int17"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="plant.yaml", environ={})
+    assert str(caught.value).splitlines() == [
+        "plant.yaml: 2 problem(s)",
+        "  machines[0].modbus.signals[0].type: 'int17' is not allowed; expected 'bool', 'int16', "
+        "'uint16', 'int32', 'uint32', 'int64', 'uint64', 'float32', 'float64' or 'string'",
+        "  poll: unknown key (hint: known keys: factory, timezone, influxdb, stats_interval, "
+        "sectors, machines)",
+    ]
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file: No such file or directory"):
+        load_config(tmp_path / "absent.yaml", environ={})
+
+
+def test_json_schema_describes_the_file() -> None:
+    schema = json_schema()
+    assert schema["title"] == "aguante factory config"
+    assert set(schema["required"]) == {"factory", "sectors", "machines"}
+    signal = schema["$defs"]["Signal"]["properties"]
+    assert "register" in signal and "modicon" not in signal
+    assert schema["$defs"]["Signal"]["additionalProperties"] is False

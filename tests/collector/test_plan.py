@@ -1,0 +1,82 @@
+"""Read coalescing: the fewest requests the protocol and each device's quirks allow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collector.config import ModbusDevice
+from collector.plan import coalesce_reads
+
+
+def device(signals: list[dict[str, Any]], **overrides: Any) -> ModbusDevice:
+    return ModbusDevice.model_validate(
+        {"host": "127.0.0.1", "port": 502, "signals": signals} | overrides
+    )
+
+
+def registers(*addresses: int, kind: str = "uint16", table: str = "holding") -> list[dict[str, Any]]:
+    return [
+        {"name": f"{table}{a}", "table": table, "address": a, "type": kind} for a in addresses
+    ]
+
+
+def spans(dev: ModbusDevice) -> list[tuple[str, int, int]]:
+    return [(r.table, r.address, r.count) for r in coalesce_reads(dev)]
+
+
+def test_100_contiguous_registers_are_one_request() -> None:
+    assert spans(device(registers(*range(100)))) == [("holding", 0, 100)]
+
+
+def test_a_block_over_125_registers_needs_a_second_request() -> None:
+    assert spans(device(registers(*range(200)))) == [("holding", 0, 125), ("holding", 125, 75)]
+
+
+def test_a_32_bit_value_is_never_split_across_requests() -> None:
+    signals = registers(*range(124)) + [
+        {"name": "total", "table": "holding", "address": 124, "type": "float32"}
+    ]
+    assert spans(device(signals)) == [("holding", 0, 124), ("holding", 124, 2)]
+
+
+def test_gaps_up_to_gap_fill_are_read_through() -> None:
+    assert spans(device(registers(0, 11))) == [("holding", 0, 12)]  # gap of 10
+    assert spans(device(registers(0, 12))) == [("holding", 0, 1), ("holding", 12, 1)]
+    assert spans(device(registers(0, 5), gap_fill=0)) == [("holding", 0, 1), ("holding", 5, 1)]
+
+
+def test_tables_are_never_mixed() -> None:
+    signals = registers(0, 1) + registers(0, 1, table="input")
+    assert spans(device(signals)) == [("holding", 0, 2), ("input", 0, 2)]
+
+
+def test_bits_coalesce_up_to_2000() -> None:
+    coils = registers(*range(0, 2500, 10), kind="bool", table="coil")
+    assert spans(device(coils)) == [("coil", 0, 1991), ("coil", 2000, 491)]
+
+
+def test_device_quirks_are_obeyed() -> None:
+    many = registers(*range(40))
+    assert spans(device(many, max_registers_per_request=16)) == [
+        ("holding", 0, 16),
+        ("holding", 16, 16),
+        ("holding", 32, 8),
+    ]
+    assert len(coalesce_reads(device(registers(0, 1, 2), one_request_per_signal=True))) == 3
+
+
+def test_bits_of_one_register_share_its_read() -> None:
+    bits = [
+        {"name": f"b{i}", "table": "holding", "address": 3, "type": "bool", "bit": i}
+        for i in range(4)
+    ]
+    plan = coalesce_reads(device(bits))
+    assert [(r.address, r.count, len(r.signals)) for r in plan] == [(3, 1, 4)]
+
+
+def test_scattered_registers_use_the_minimum() -> None:
+    # 10 registers 30 apart: each gap is wider than the gap fill, and the span from 0 to 270
+    # is over 125, so no plan can do better than one request per register here.
+    assert len(coalesce_reads(device(registers(*range(0, 300, 30))))) == 10
+    # ... while 10 registers 5 apart fit one request.
+    assert spans(device(registers(*range(0, 50, 5)))) == [("holding", 0, 46)]
