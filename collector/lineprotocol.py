@@ -1,0 +1,113 @@
+"""Encode points as InfluxDB line protocol, escaped the way InfluxDB 1.x, 2.x and 3.x all parse it.
+
+Names that no server can read back exactly are refused with `InvalidPointError` rather than sent
+mangled; NaN and ±inf cannot be stored at all: those fields are left out (`drop_nonfinite` counts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from collector.schema import FieldValue, Point
+
+__all__ = ["InvalidPointError", "drop_nonfinite", "encode_batch", "encode_point"]
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+_MEASUREMENT_SPECIAL = ", "  # comma and space
+_NAME_SPECIAL = ", ="  # tag keys, tag values and field keys
+
+
+class InvalidPointError(ValueError):
+    """A point that can never be written: a name InfluxDB cannot hold, or no storable field left."""
+
+    def __init__(self, point: Point, reason: str) -> None:
+        super().__init__(f"point {point.measurement!r} at {point.time_ms} ms: {reason}")
+        self.point = point
+        self.reason = reason
+
+
+def drop_nonfinite(point: Point) -> tuple[Point, int]:
+    """The point without its NaN/±inf float fields, and how many were left out."""
+    finite = {k: v for k, v in point.fields.items() if not _nonfinite(v)}
+    dropped = len(point.fields) - len(finite)
+    if not dropped:
+        return point, 0
+    return Point(point.measurement, point.tags, finite, point.time_ms), dropped
+
+
+def encode_point(point: Point) -> str:
+    """One line, without its newline. Non-finite float fields are left out; tags sorted by key,
+    empty tag values omitted. Raises `InvalidPointError` if the point cannot be written."""
+    name = point.measurement
+    if not name:
+        raise InvalidPointError(point, "the measurement name is empty")
+    if name.startswith("#"):
+        # InfluxDB reads such a line as a comment and answers 204 without storing anything.
+        raise InvalidPointError(point, "a measurement name cannot start with '#'")
+    parts = [_escape(point, "measurement", name, _MEASUREMENT_SPECIAL)]
+    for key in sorted(point.tags):
+        tag_value = point.tags[key]
+        if tag_value == "":
+            continue
+        if key == "":
+            raise InvalidPointError(point, f"a tag key is empty (value {tag_value!r})")
+        parts.append(
+            f",{_escape(point, 'tag key', key, _NAME_SPECIAL)}"
+            f"={_escape(point, 'tag value', tag_value, _NAME_SPECIAL)}"
+        )
+    fields = []
+    for key, value in point.fields.items():
+        if _nonfinite(value):
+            continue
+        if key == "":
+            raise InvalidPointError(point, "a field key is empty")
+        fields.append(f"{_escape(point, 'field key', key, _NAME_SPECIAL)}={_value(point, value)}")
+    if not fields:
+        raise InvalidPointError(point, "no field left to store (NaN and ±inf cannot be stored)")
+    if isinstance(point.time_ms, bool) or not isinstance(point.time_ms, int):
+        raise InvalidPointError(point, f"time_ms must be an integer, not {point.time_ms!r}")
+    return f"{''.join(parts)} {','.join(fields)} {point.time_ms}"
+
+
+def encode_batch(points: Iterable[Point]) -> bytes:
+    """Newline-terminated lines in UTF-8, for one POST /write?precision=ms."""
+    return "".join(encode_point(p) + "\n" for p in points).encode()
+
+
+def _nonfinite(value: FieldValue) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _escape(point: Point, what: str, text: str, special: str) -> str:
+    if "\n" in text or "\r" in text:
+        raise InvalidPointError(point, f"the {what} {text!r} contains a line break")
+    # Servers keep a backslash literally unless it precedes a special character, and none of
+    # them unescapes "\\" in names: a backslash before a special character or at the end
+    # cannot be written so that it reads back unchanged.
+    for i, char in enumerate(text):
+        if char == "\\" and (i + 1 == len(text) or text[i + 1] in special):
+            raise InvalidPointError(
+                point,
+                f"the {what} {text!r} has a backslash at its end or before {special!r}, "
+                "which InfluxDB cannot store",
+            )
+    for char in special:
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _value(point: Point, value: FieldValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise InvalidPointError(point, f"integer {value} does not fit in 64 bits")
+        return f"{value}i"
+    if isinstance(value, float):
+        return repr(value)  # shortest string that reads back as the same double
+    if isinstance(value, str):
+        # Line breaks are legal inside a quoted string field value.
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise InvalidPointError(point, f"unsupported field value type {type(value).__name__}")

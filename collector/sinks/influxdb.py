@@ -1,0 +1,260 @@
+"""Write batches to InfluxDB over the v1 HTTP API (`/write`, `/query`), which InfluxDB 1.x serves
+natively, 2.x through its v1 compatibility endpoints and 3.x Core as well."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import re
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+from collector.lineprotocol import InvalidPointError, encode_point
+from collector.schema import Point
+from collector.sinks import AuthWriteError, RejectedWriteError, RetryableWriteError, WriteError
+
+__all__ = ["InfluxDBSink"]
+
+log = logging.getLogger(__name__)
+
+_DROPPED = re.compile(r"dropped=(\d+)")
+
+
+class InfluxDBSink:
+    """One InfluxDB database (and optionally retention policy) reached over HTTP.
+
+    Username and password are sent as HTTP Basic auth, which 1.x, 2.x's v1 endpoints and 3.x
+    all accept (and, unlike the `u`/`p` query parameters, stays out of proxy access logs);
+    for 2.x and 3.x the password is the API token. A token alone goes as `Authorization: Token`.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        database: str,
+        username: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        gzip: bool = False,
+        timeout: float = 5.0,
+        create_database: bool = False,
+        retention_policy: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"InfluxDB url {url!r} is not a valid URL: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(
+                f"InfluxDB url {url!r} must start with http:// or https:// and name a host, "
+                "e.g. http://localhost:8086"
+            )
+        if parsed.query:
+            raise ValueError(
+                f"InfluxDB url {url!r} must not carry a query string; "
+                "give database and credentials as their own settings"
+            )
+        if not database:
+            raise ValueError("InfluxDB database name is empty: set the database to write to")
+        if (username is None) != (password is None):
+            raise ValueError("InfluxDB username and password go together: set both or neither")
+        if token is not None and username is not None:
+            raise ValueError("InfluxDB takes either a token or a username and password, not both")
+        if token == "":
+            raise ValueError("InfluxDB token is empty: unset it or give the real token")
+        if not timeout > 0:
+            raise ValueError(f"InfluxDB timeout must be more than 0 seconds, not {timeout}")
+        if retention_policy == "":
+            raise ValueError("InfluxDB retention_policy is empty: unset it to use the default")
+        self.url = str(parsed).rstrip("/")
+        self.database = database
+        self.retention_policy = retention_policy
+        self.gzip = gzip
+        self.timeout = timeout
+        self.create_database = create_database
+        self._auth = (
+            httpx.BasicAuth(username, password)
+            if username is not None and password is not None
+            else None
+        )
+        self._headers = {"Authorization": f"Token {token}"} if token is not None else {}
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._database_ready = not create_database
+
+    def __repr__(self) -> str:
+        return f"InfluxDBSink(url={self.url!r}, database={self.database!r})"
+
+    async def __aenter__(self) -> Self:
+        self._client = httpx.AsyncClient(
+            base_url=self.url + "/",
+            auth=self._auth,
+            headers=self._headers,
+            timeout=self.timeout,
+            transport=self._transport,
+        )
+        if self.create_database:
+            try:
+                await self._create_database()
+            except WriteError as exc:
+                # InfluxDB may well start after the collector: try again before the first write.
+                log.warning("%s; will create the database before the first write", exc)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def write(self, points: Sequence[Point]) -> None:
+        """Write the batch. Raises `RejectedWriteError` after writing every point but the refused
+        ones, `RetryableWriteError` or `AuthWriteError` when the batch must be sent again."""
+        lines: list[str] = []
+        refused: list[tuple[str, str]] = []
+        for point in points:
+            try:
+                lines.append(encode_point(point))
+            except InvalidPointError as exc:
+                refused.append((repr(point), exc.reason))
+        if not self._database_ready:
+            await self._create_database()
+        if lines:
+            refused += await self._write_isolating(lines)
+        if refused:
+            raise RejectedWriteError(
+                f"InfluxDB at {self.url}: refused {len(refused)} of {len(points)} points, "
+                f"first because {refused[0][1]}",
+                lines=[line for line, _ in refused],
+                reasons=[reason for _, reason in refused],
+            )
+
+    async def _write_isolating(self, lines: list[str]) -> list[tuple[str, str]]:
+        """Write lines; on a refusal bisect, since the server stores the good lines of a batch
+        it partly refuses and rewriting a stored point just overwrites it with itself."""
+        refused, reason = await self._post_lines(lines)
+        if not refused:
+            return []
+        dropped = _DROPPED.search(reason)
+        if len(lines) == 1 or (dropped is not None and int(dropped.group(1)) == len(lines)):
+            return [(line, reason) for line in lines]
+        middle = len(lines) // 2
+        return await self._write_isolating(lines[:middle]) + await self._write_isolating(
+            lines[middle:]
+        )
+
+    async def _post_lines(self, lines: list[str]) -> tuple[bool, str]:
+        """(refused, reason): refused when the server would not take some of these lines."""
+        body = "".join(line + "\n" for line in lines).encode()
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if self.gzip:
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        params = {"db": self.database, "precision": "ms"}
+        if self.retention_policy is not None:
+            params["rp"] = self.retention_policy
+        response = await self._request(
+            "POST", "write", params=params, content=body, headers=headers
+        )
+        if response.is_success:
+            return False, ""
+        reason = _server_reason(response)
+        # 400: parse error, type conflict, beyond retention (1.x; 3.x); 422: the same on 2.x;
+        # 413: batch too large for the server, so halves may pass.
+        if response.status_code in (400, 413, 422):
+            return True, reason
+        if response.status_code == 404 and self.create_database:
+            self._database_ready = False  # dropped behind our back: create it again
+        raise self._status_error(response.status_code, reason)
+
+    async def _create_database(self) -> None:
+        # Idempotent in InfluxQL. 2.x and 3.x create databases their own way and may refuse it:
+        # that needs a person, so it holds the data like a missing database does.
+        quoted = '"' + self.database.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        response = await self._request("POST", "query", params={"q": f"CREATE DATABASE {quoted}"})
+        if response.status_code in (400, 422):
+            error: str | None = _server_reason(response)
+        elif not response.is_success:
+            raise self._status_error(response.status_code, _server_reason(response))
+        else:
+            error = _statement_error(response)
+        if error is not None:
+            raise AuthWriteError(
+                f"InfluxDB at {self.url}: cannot create database {self.database!r}: {error}"
+            )
+        self._database_ready = True
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str],
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        if self._client is None:
+            raise RuntimeError("use the sink inside `async with InfluxDBSink(...) as sink:`")
+        try:
+            return await self._client.request(
+                method, path, params=params, content=content, headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            raise RetryableWriteError(
+                f"InfluxDB at {self.url}: no answer within {self.timeout} s ({type(exc).__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise RetryableWriteError(
+                f"InfluxDB at {self.url}: {type(exc).__name__}: {exc or 'connection failed'}"
+            ) from exc
+
+    def _status_error(self, status: int, reason: str) -> WriteError:
+        where = f"InfluxDB at {self.url}"
+        if status == 401:
+            return AuthWriteError(
+                f"{where}: authentication failed (401: {reason}); check username/password or token"
+            )
+        if status == 403:
+            return AuthWriteError(
+                f"{where}: not allowed to write to database {self.database!r} (403: {reason})"
+            )
+        if status == 404:
+            return AuthWriteError(
+                f"{where}: database {self.database!r} not found (404: {reason}); "
+                "create it or set create_database"
+            )
+        # 5xx, 429 and anything unexpected: hold the data and try again, never drop it.
+        return RetryableWriteError(f"{where}: HTTP {status}: {reason}")
+
+
+def _server_reason(response: httpx.Response) -> str:
+    # 1.x and 3.x answer {"error": ...}, 2.x {"code": ..., "message": ...}.
+    try:
+        body = json.loads(response.text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error", "message"):
+            if isinstance(body.get(key), str):
+                return str(body[key])
+    text = response.text.strip()
+    return text[:300] if text else response.reason_phrase
+
+
+def _statement_error(response: httpx.Response) -> str | None:
+    try:
+        results = response.json()["results"]
+        error = results[0].get("error")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return f"unexpected answer {response.text[:300]!r}"
+    return None if error is None else str(error)
