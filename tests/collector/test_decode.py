@@ -45,7 +45,9 @@ VECTORS = [
 
 
 @pytest.mark.parametrize(("kind", "order", "registers", "expected"), VECTORS)
-def test_numbers_in_every_order(kind: str, order: str, registers: list[int], expected: float) -> None:
+def test_numbers_in_every_order(
+    kind: str, order: str, registers: list[int], expected: float
+) -> None:
     value = decode_signal(signal(type=kind, order=order), registers=registers)
     if kind.startswith("float"):
         assert isinstance(value, float)

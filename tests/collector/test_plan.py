@@ -14,10 +14,10 @@ def device(signals: list[dict[str, Any]], **overrides: Any) -> ModbusDevice:
     )
 
 
-def registers(*addresses: int, kind: str = "uint16", table: str = "holding") -> list[dict[str, Any]]:
-    return [
-        {"name": f"{table}{a}", "table": table, "address": a, "type": kind} for a in addresses
-    ]
+def registers(
+    *addresses: int, kind: str = "uint16", table: str = "holding"
+) -> list[dict[str, Any]]:
+    return [{"name": f"{table}{a}", "table": table, "address": a, "type": kind} for a in addresses]
 
 
 def spans(dev: ModbusDevice) -> list[tuple[str, int, int]]:
@@ -33,9 +33,8 @@ def test_a_block_over_125_registers_needs_a_second_request() -> None:
 
 
 def test_a_32_bit_value_is_never_split_across_requests() -> None:
-    signals = registers(*range(124)) + [
-        {"name": "total", "table": "holding", "address": 124, "type": "float32"}
-    ]
+    total = {"name": "total", "table": "holding", "address": 124, "type": "float32"}
+    signals = [*registers(*range(124)), total]
     assert spans(device(signals)) == [("holding", 0, 124), ("holding", 124, 2)]
 
 

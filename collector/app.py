@@ -1,0 +1,132 @@
+"""The collector process: every source in its own task, readings into the delivery buffer.
+
+A source task that fails unexpectedly is logged and restarted; nothing a device does can stop
+the others or the process. On stop, sources are cancelled first, then the buffer is flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from collector.config import Config
+from collector.delivery import Delivery
+from collector.schema import COLLECTOR, READING, Point
+from collector.sinks import Sink
+from collector.sources import Reading, Source, build_sources
+
+__all__ = ["Collector"]
+
+log = logging.getLogger(__name__)
+
+SOURCE_RESTART_DELAY = 5.0
+
+
+class Collector:
+    """Runs sources into a sink until `stop` is set, then flushes what it holds."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sink: Sink,
+        sources: Sequence[Source] | None = None,
+        quarantine_path: Path | None = None,
+        flush_timeout: float = 10.0,
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.sources = list(build_sources(config) if sources is None else sources)
+        self._quarantine = quarantine_path or Path(config.influxdb.quarantine_file)
+        self._flush_timeout = flush_timeout
+        sectors = {m.id: m.sector for m in config.machines}
+        self._tags = {
+            m: {"factory": config.factory, "sector": s, "machine": m} for m, s in sectors.items()
+        }
+        self.delivery: Delivery | None = None
+
+    def to_point(self, reading: Reading) -> Point:
+        return Point(READING, self._tags[reading.machine], reading.values, reading.time_ms)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        influx = self.config.influxdb
+        delivery = Delivery(
+            self.sink,
+            batch_size=influx.batch_size,
+            flush_interval=influx.flush_interval,
+            max_points=influx.max_buffered_points,
+            quarantine_path=self._quarantine,
+        )
+        self.delivery = delivery
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.sink)
+            await stack.enter_async_context(delivery)
+            # Close order: sources stop before the delivery flushes what they gave it.
+            for source in self.sources:
+                await stack.enter_async_context(source)
+            tasks = [
+                asyncio.create_task(self._pump(source, delivery), name=f"source {source.name}")
+                for source in self.sources
+            ]
+            tasks.append(asyncio.create_task(self._report(delivery), name="collector health"))
+            try:
+                await stop.wait()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                delivery.submit(self._health_points())
+        log.info("collector stopped")
+
+    async def _pump(self, source: Source, delivery: Delivery) -> None:
+        while True:
+            try:
+                async for reading in source:
+                    delivery.submit([self.to_point(reading)])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug in one source must not stop the plant's other machines being read.
+                log.exception("%s: source failed; restarting in %.0f s", source.name, 5.0)
+                await asyncio.sleep(SOURCE_RESTART_DELAY)
+
+    async def _report(self, delivery: Delivery) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_interval)
+            delivery.submit(self._health_points())
+
+    def _health_points(self) -> list[Point]:
+        now = time.time_ns() // 1_000_000
+        points = []
+        for source in self.sources:
+            for health in source.health():
+                tags = self._tags[health.machine]
+                fields: dict[str, bool | int | float | str] = {
+                    "polls": health.polls,
+                    "good_polls": health.good_polls,
+                    "requests": health.requests,
+                    "errors": health.errors,
+                    "timeouts": health.timeouts,
+                    "exceptions": sum(health.exceptions.values()),
+                    "decode_errors": health.decode_errors,
+                    "link_errors": health.link_errors,
+                    "latency_ms": health.last_latency_ms,
+                    "up": bool(health.up),
+                }
+                points.append(Point(COLLECTOR, tags, fields, now))
+        if self.delivery is not None:
+            stats = self.delivery.stats()
+            tags = {"factory": self.config.factory, "sector": "_collector", "machine": "_buffer"}
+            buffer_fields: dict[str, bool | int | float | str] = {
+                "buffer_depth": stats.depth,
+                "written": stats.written,
+                "retried": stats.retried,
+                "quarantined": stats.quarantined,
+                "dropped": stats.dropped,
+            }
+            points.append(Point(COLLECTOR, tags, buffer_fields, now))
+        return points

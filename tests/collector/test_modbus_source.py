@@ -1,0 +1,142 @@
+"""The Modbus source over an in-memory link: decoding, counting faults, logging once, reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+from collector.config import Config, parse_config
+from collector.sources import Reading
+from collector.sources.modbus import ModbusConnection, modbus_sources
+from tests.collector.fake_modbus import FakeLink
+
+CONFIG = """
+factory: coop
+sectors: [{id: press}]
+machines:
+  - id: press-1
+    sector: press
+    modbus:
+      transport: rtu-over-tcp
+      host: 127.0.0.1
+      port: 5020
+      unit: 1
+      poll_interval: 0.01
+      signals:
+        - {name: cycles, table: holding, address: 0, type: uint16}
+        - {name: oil_temp, table: holding, address: 1, type: int16, scale: 0.1}
+        - {name: running, table: coil, address: 0, type: bool}
+  - id: press-2
+    sector: press
+    modbus:
+      transport: rtu-over-tcp
+      host: 127.0.0.1
+      port: 5020
+      unit: 2
+      poll_interval: 0.01
+      signals:
+        - {name: cycles, table: holding, address: 0, type: uint16}
+  - id: lathe-1
+    sector: press
+    modbus:
+      host: 127.0.0.1
+      port: 5021
+      signals: [{name: power, table: input, address: 0, type: float32, order: CDAB}]
+"""
+
+
+@pytest.fixture
+def config() -> Config:
+    return parse_config(CONFIG, environ={})
+
+
+async def take(connection: ModbusConnection, n: int) -> list[Reading]:
+    readings: list[Reading] = []
+    iterator: AsyncIterator[Reading] = aiter(connection)
+    async with asyncio.timeout(5):
+        while len(readings) < n:
+            readings.append(await anext(iterator))
+    await iterator.aclose()  # type: ignore[attr-defined]
+    return readings
+
+
+def test_machines_on_one_gateway_share_one_connection(config: Config) -> None:
+    names = [c.name for c in modbus_sources(config, client_factory=FakeLink())]
+    assert names == ["rtu-over-tcp://127.0.0.1:5020", "tcp://127.0.0.1:5021"]
+
+
+async def test_values_are_decoded_with_one_request_per_block(config: Config) -> None:
+    link = FakeLink()
+    link.set(1, "holding", 0, 65535, 0xFF38)
+    link.set(1, "coil", 0, 1)
+    link.set(2, "holding", 0, 7)
+    (gateway, _) = modbus_sources(config, client_factory=link)
+    readings = await take(gateway, 2)
+    by_machine = {r.machine: r.values for r in readings}
+    assert by_machine["press-1"] == {
+        "cycles": 65535,
+        "oil_temp": pytest.approx(-20.0),
+        "running": True,
+    }
+    assert by_machine["press-2"] == {"cycles": 7}
+    assert sorted(link.requests[:3]) == [
+        (1, "coil", 0, 1),
+        (1, "holding", 0, 2),
+        (2, "holding", 0, 1),
+    ]
+
+
+async def test_an_exception_code_is_counted_and_the_other_units_go_on(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = FakeLink(faults={1: 2})
+    link.set(2, "holding", 0, 9)
+    (gateway, _) = modbus_sources(config, client_factory=link)
+    with caplog.at_level(logging.WARNING):
+        readings = await take(gateway, 5)
+    assert {r.machine for r in readings} == {"press-2"}
+    press_1 = gateway.health()[0]
+    assert press_1.exceptions[2] >= 10  # two requests a poll, each refused
+    assert press_1.up is True  # it answers: the link and the device are alive
+    assert "down" not in caplog.text
+
+
+async def test_a_silent_unit_is_logged_down_once_and_back_once(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = FakeLink(faults={1: "timeout"})
+    (gateway, _) = modbus_sources(config, client_factory=link)
+    with caplog.at_level(logging.INFO):
+        await take(gateway, 5)  # five polls of press-2 while press-1 stays silent
+        health = gateway.health()[0]
+        assert health.timeouts >= 4
+        link.faults.clear()
+        readings = await take(gateway, 10)
+    assert "press-1" in {r.machine for r in readings}
+    assert caplog.text.count("press-1: device down") == 1
+    assert caplog.text.count("press-1: device back") == 1
+    # After a timeout the remaining request of that poll is skipped, not waited for again.
+    assert health.requests < 2 * health.polls
+
+
+async def test_a_dead_link_reconnects_with_backoff(config: Config) -> None:
+    link = FakeLink(reachable=False)
+    link.set(1, "holding", 0, 1)
+    (gateway, _) = modbus_sources(
+        config, client_factory=link, reconnect_initial=0.01, reconnect_max=0.04
+    )
+    iterator = aiter(gateway)
+    pending = asyncio.ensure_future(anext(iterator))
+    await asyncio.sleep(0.3)
+    assert not pending.done()
+    # 0.01 + 0.02 + 0.04 + 0.04 … ≈ 8 tries in 0.3 s; without the backoff cap it would be fewer,
+    # without backoff at all, hundreds.
+    assert 4 <= link.connects <= 12
+    assert all(h.up is False for h in gateway.health())
+    link.reachable = True
+    reading = await asyncio.wait_for(pending, 2)
+    assert reading.machine in {"press-1", "press-2"}
+    await iterator.aclose()  # type: ignore[attr-defined]
