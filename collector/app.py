@@ -63,8 +63,7 @@ class Collector:
         )
         self.delivery = delivery
         async with AsyncExitStack() as stack:
-            await stack.enter_async_context(self.sink)
-            await stack.enter_async_context(delivery)
+            await stack.enter_async_context(delivery)  # opens and closes the sink
             # Close order: sources stop before the delivery flushes what they gave it.
             for source in self.sources:
                 await stack.enter_async_context(source)
@@ -113,6 +112,7 @@ class Collector:
                     "timeouts": health.timeouts,
                     "exceptions": sum(health.exceptions.values()),
                     "decode_errors": health.decode_errors,
+                    "bad_answers": health.bad_answers,
                     "link_errors": health.link_errors,
                     "latency_ms": health.last_latency_ms,
                     "up": bool(health.up),

@@ -157,6 +157,10 @@ class Signal(_Model):
     scale: float = 1.0
     offset: float = 0.0
     unit: str | None = None
+    store_as: Literal["float"] | None = Field(
+        None,
+        description="Store an unscaled integer as a float, to share a field name with a float.",
+    )
 
     @field_validator("byte_order", "word_order", mode="before")
     @classmethod
@@ -254,7 +258,9 @@ class Signal(_Model):
             return "bool"
         if self.type == "string":
             return "str"
-        if self.type.startswith("float") or self.scale != 1.0 or self.offset != 0.0:
+        if self.store_as == "float" or self.type.startswith("float"):
+            return "float"
+        if self.scale != 1.0 or self.offset != 0.0:
             return "float"
         return "int"
 
@@ -397,6 +403,7 @@ class Config(_Model):
                     f"machines[{index}].sector",
                     f"{machine.sector!r} is not among the sectors ({', '.join(sector_ids)})",
                 )
+        _check_field_types(self.machines)
         serial: dict[str, tuple[str, tuple[object, ...]]] = {}
         for index, machine in enumerate(self.machines):
             device = machine.modbus
@@ -414,6 +421,29 @@ class Config(_Model):
 
     def sector_of(self, machine: Machine) -> Sector:
         return next(s for s in self.sectors if s.id == machine.sector)
+
+
+_KIND_NAMES = {"int": "integer", "float": "float", "bool": "boolean", "str": "string"}
+
+
+def _check_field_types(machines: list[Machine]) -> None:
+    # InfluxDB keeps one type per field name in a measurement, whichever series writes it: a
+    # `pressure` stored as integer on one machine and as float on another loses the second.
+    first: dict[str, tuple[str, str]] = {}
+    for m_index, machine in enumerate(machines):
+        if machine.modbus is None:
+            continue
+        for s_index, signal in enumerate(machine.modbus.signals):
+            kind = signal.field_kind
+            owner, owner_kind = first.setdefault(signal.name, (machine.id, kind))
+            if owner_kind != kind:
+                raise _FieldProblem(
+                    f"machines[{m_index}].modbus.signals[{s_index}]",
+                    f"{signal.name!r} would be stored as {_KIND_NAMES[kind]} here but as "
+                    f"{_KIND_NAMES[owner_kind]} on "
+                    f"{owner!r}, and InfluxDB keeps one type per field name; rename one, or "
+                    "write `store_as: float` on the integer one",
+                )
 
 
 def _unique(ids: list[str], where: str) -> None:

@@ -315,6 +315,14 @@ class Simulator:
             raise KeyError(f"no machine {machine!r}; known: {', '.join(self._machines)}")
         return self._machines[machine][1].state_at(self.clock.now())
 
+    def values(self, machine: str) -> dict[str, float | int | str | bool]:
+        """Every signal of a machine now, as engineering values before any encoding."""
+        if machine not in self._machines:
+            raise KeyError(f"no machine {machine!r}; known: {', '.join(self._machines)}")
+        model = self._machines[machine][1]
+        t = self.clock.now()
+        return {signal.name: model.value(signal, t) for signal in model.machine.signals}
+
     def request_count(self, device: str) -> int:
         """Modbus requests received by a device since start (answered or not)."""
         return self._devices[device].requests

@@ -37,6 +37,7 @@ class DeviceHealth:
     timeouts: int = 0
     exceptions: dict[int, int] = field(default_factory=dict)
     decode_errors: int = 0
+    bad_answers: int = 0  # answers that do not fit their request (a late or stray frame)
     link_errors: int = 0
     requests: int = 0
     last_latency_ms: float = 0.0
@@ -44,7 +45,7 @@ class DeviceHealth:
 
     @property
     def errors(self) -> int:
-        return self.timeouts + sum(self.exceptions.values()) + self.link_errors
+        return self.timeouts + sum(self.exceptions.values()) + self.link_errors + self.bad_answers
 
 
 class Source(Protocol):

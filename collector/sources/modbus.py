@@ -134,6 +134,7 @@ class ModbusConnection:
         self._reconnect_initial = reconnect_initial
         self._reconnect_max = reconnect_max
         self._link_up: bool | None = None
+        self._quiet_after_timeout = link.timeout if link.transport != "tcp" else 0.0
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         self.raw_frames.append((time.time(), sending, data))
@@ -152,6 +153,9 @@ class ModbusConnection:
         tb: TracebackType | None,
     ) -> None:
         self._client.close()
+        # The transport closes its socket on the next loop iteration: give it that iteration,
+        # or a loop that ends right after us leaks the socket.
+        await asyncio.sleep(0)
 
     def __aiter__(self) -> AsyncIterator[Reading]:
         return self._poll_forever()
@@ -241,6 +245,10 @@ class ModbusConnection:
                 # hold up the other units on this link.
                 health.timeouts += 1
                 problem = f"no answer ({exc})"
+                if self._quiet_after_timeout:
+                    # RTU frames carry no transaction id: an answer arriving late would be
+                    # taken for the answer to the next request. Let it land on no request.
+                    await asyncio.sleep(self._quiet_after_timeout)
                 break
             if response.isError():
                 code = response.exception_code
@@ -249,6 +257,12 @@ class ModbusConnection:
                 answered = True
                 continue
             answered = True
+            bit_table = request.table in ("coil", "discrete")
+            got = len(response.bits if bit_table else response.registers)
+            if got < request.count or (not bit_table and got != request.count):
+                health.bad_answers += 1
+                problem = f"answer with {got} values to a read of {request.count}"
+                continue
             values.update(self._decode(polled, request, response))
         health.last_latency_ms = (time.perf_counter() - started) * 1000
         if values:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,7 @@ machines:
       port: 5020
       unit: 1
       poll_interval: 0.01
+      timeout: 0.01
       signals:
         - {name: cycles, table: holding, address: 0, type: uint16}
         - {name: oil_temp, table: holding, address: 1, type: int16, scale: 0.1}
@@ -37,6 +39,7 @@ machines:
       port: 5020
       unit: 2
       poll_interval: 0.01
+      timeout: 0.01
       signals:
         - {name: cycles, table: holding, address: 0, type: uint16}
   - id: lathe-1
@@ -140,3 +143,23 @@ async def test_a_dead_link_reconnects_with_backoff(config: Config) -> None:
     reading = await asyncio.wait_for(pending, 2)
     assert reading.machine in {"press-1", "press-2"}
     await iterator.aclose()  # type: ignore[attr-defined]
+
+
+async def test_an_answer_that_does_not_fit_its_request_is_not_decoded(config: Config) -> None:
+    """A late RTU frame taken for the next request's answer must not become a value."""
+    link = FakeLink()
+    link.set(2, "holding", 0, 5)
+    short = link.read_holding_registers
+
+    async def stray(address: int, *, count: int = 1, device_id: int = 1) -> Any:
+        response = await short(address, count=count, device_id=device_id)
+        if device_id == 1:
+            response.registers = response.registers[:1]  # one register for a read of two
+        return response
+
+    link.read_holding_registers = stray  # type: ignore[method-assign]
+    (gateway, _) = modbus_sources(config, client_factory=link)
+    readings = await take(gateway, 6)
+    press_1 = [r.values for r in readings if r.machine == "press-1"]
+    assert press_1 and all(set(values) == {"running"} for values in press_1)
+    assert gateway.health()[0].bad_answers == len(press_1)

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sim_support import MONDAY_MORNING, free_port_base, with_pty_dir
 
 from simulators import Scenario, Simulator, load_scenario, run_scenario
+from tests.simulation import MONDAY_MORNING, free_port_base, with_pty_dir
 
 
 @pytest.fixture

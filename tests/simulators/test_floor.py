@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sim_support import MONDAY_MORNING
-
 from simulators import Scenario, Simulator, run_scenario
+from tests.simulation import MONDAY_MORNING
 
 
 def strokes(sim: Simulator) -> int:

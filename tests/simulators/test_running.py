@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
-from sim_support import MONDAY_MORNING
 
 from simulators import (
     Scenario,
@@ -25,6 +24,7 @@ from simulators import (
     load_scenario,
     run_scenario,
 )
+from tests.simulation import MONDAY_MORNING
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -177,7 +177,7 @@ def test_unknown_scenario_name() -> None:
 
 
 def test_simulate_command_serves_until_sigint(tmp_path: Path) -> None:
-    from sim_support import free_port_base, with_pty_dir
+    from tests.simulation import free_port_base, with_pty_dir
 
     scenario = with_pty_dir(load_scenario("metalworks"), tmp_path)
     path = tmp_path / "plant.yaml"

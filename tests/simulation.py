@@ -1,4 +1,4 @@
-"""Helpers shared by the simulator tests (a plain module: conftest.py is not importable)."""
+"""Helpers shared by tests that run the simulators: free port ranges, private pty paths."""
 
 from __future__ import annotations
 
