@@ -72,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # One line per HTTP request is noise in a collector's log; their failures are logged by us.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # pymodbus logs every failed connect and every timeout; the sources log a device going down
+    # and coming back once each, and count the rest.
+    if args.log_level != "DEBUG":
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     code: int = args.func(args)
     return code
 
@@ -114,9 +120,10 @@ def _collect(args: argparse.Namespace) -> int:
         create_database=influx.create_database,
         retention_policy=influx.retention_policy,
     )
-    collector = Collector(config, sink=sink)
 
     async def run() -> None:
+        # pymodbus clients bind to the running loop when made, so the collector is made here.
+        collector = Collector(config, sink=sink)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

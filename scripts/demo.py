@@ -24,6 +24,9 @@ from tests.services import InfluxDB, free_port  # noqa: E402
 DEMO = ROOT / ".demo"
 CONFIG = ROOT / "examples" / "metalworks.yaml"
 AGUANTE = str(Path(sys.executable).parent / "aguante")
+# Children get their own process group so Ctrl-C reaches only this script, which then stops them
+# in order: the collector first (it flushes into InfluxDB), InfluxDB last.
+_OWN_GROUP: dict[str, bool] = {"start_new_session": True}
 
 
 def _port(preferred: int) -> int:
@@ -44,12 +47,16 @@ def _mosquitto(port: int) -> subprocess.Popen[bytes] | None:
         return None
     folder = DEMO / "mosquitto"
     folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        # Started as root, mosquitto drops to its own user, which must own its data folder.
+        with contextlib.suppress(LookupError, OSError):
+            shutil.chown(folder, "mosquitto")
     conf = folder / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
         f"persistence_location {folder}/\nlog_dest file {folder}/mosquitto.log\n"
     )
-    return subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL)
+    return subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL, **_OWN_GROUP)
 
 
 def main() -> int:
@@ -64,10 +71,12 @@ def main() -> int:
     if mosquitto is not None:
         children.append(mosquitto)
     env = os.environ | {"AGUANTE_INFLUXDB_URL": influx.url, "AGUANTE_INFLUXDB_DATABASE": "aguante"}
-    children.append(subprocess.Popen([AGUANTE, "simulate", "metalworks"], cwd=DEMO))
+    children.append(subprocess.Popen([AGUANTE, "simulate", "metalworks"], cwd=DEMO, **_OWN_GROUP))
     time.sleep(1.0)  # let the simulated devices listen before the first poll
-    children.append(subprocess.Popen([AGUANTE, "collect", str(CONFIG)], cwd=DEMO, env=env))
-    query = "SELECT last(*) FROM reading WHERE time > now() - 1m GROUP BY machine"
+    children.append(
+        subprocess.Popen([AGUANTE, "collect", str(CONFIG)], cwd=DEMO, env=env, **_OWN_GROUP)
+    )
+    query = "SELECT * FROM reading WHERE machine = 'press-1' ORDER BY time DESC LIMIT 5"
     print(
         f"""
 aguante demo running — Ctrl-C stops everything it started.
@@ -80,8 +89,10 @@ aguante demo running — Ctrl-C stops everything it started.
 Live values, newest per machine:
   curl -sG {influx.url}/query --data-urlencode db=aguante \\
        --data-urlencode "q={query}"
-or:  influx -port {influx.http_port} -database aguante -execute '{query}'
-Collector health:  ... -execute 'SELECT last(*) FROM collector GROUP BY machine'
+or:  influx -port {influx.http_port} -database aguante -execute "{query}"
+Device health:  influx -port {influx.http_port} -database aguante \
+       -execute "SELECT last(polls), last(errors), last(up) FROM collector GROUP BY machine"
+Make a machine fail:  curl -X POST 127.0.0.1:5019/faults -d '{{"device":"press-plc","kind":"drop"}}'
 """,
         flush=True,
     )

@@ -115,6 +115,9 @@ class InfluxDB:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
+                # Its own process group: a Ctrl-C meant for the demo or pytest reaches the parent,
+                # which stops influxd last, after what writes to it has flushed.
+                start_new_session=True,
             )
         self._wait_ready(timeout)
         if self.auth and not self._admin_created:

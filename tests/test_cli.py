@@ -1,0 +1,90 @@
+"""The `aguante` command line as a user runs it: a real process, its exit code and its output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simulators import load_scenario, run_scenario
+from tests.conftest import InfluxDBDatabase
+from tests.simulation import MONDAY_MORNING, free_port_base, with_pty_dir
+from tests.test_end_to_end import example_config
+
+# The console script pip installed, as a user runs it.
+AGUANTE = [str(Path(sys.executable).parent / "aguante")]
+ROOT = Path(__file__).parent.parent
+GOLDEN = ROOT / "tests" / "golden" / "config"
+
+
+def aguante(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AGUANTE, *args], capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["check"], ["schema"], ["collect"], ["simulate"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = aguante(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: aguante")
+    assert result.stderr == ""
+
+
+def test_check_accepts_the_example() -> None:
+    result = aguante("check", "examples/metalworks.yaml")
+    assert result.returncode == 0
+    assert result.stdout == "examples/metalworks.yaml: ok — 6 machines, 41 signals\n"
+
+
+def test_check_prints_every_problem_and_exits_1() -> None:
+    path = GOLDEN / "overlapping-registers" / "config.yaml"
+    result = aguante("check", str(path))
+    assert result.returncode == 1
+    expected = (GOLDEN / "overlapping-registers" / "expected.txt").read_text().strip()
+    assert result.stderr == f"{path}: 1 problem(s)\n  {expected}\n"
+
+
+def test_schema_is_json_for_editors() -> None:
+    result = aguante("schema")
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["title"] == "aguante factory config"
+
+
+@pytest.mark.integration
+async def test_collect_runs_until_sigint_and_flushes(
+    influxdb: InfluxDBDatabase, tmp_path: Path
+) -> None:
+    influxdb.create()
+    port_base = free_port_base(8)
+    scenario = with_pty_dir(load_scenario("metalworks"), tmp_path)
+    config = example_config(port_base, tmp_path, influxdb.url, influxdb.database)
+    config_path = tmp_path / "factory.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(by_alias=True, exclude_none=True)))
+    async with run_scenario(scenario, port_base=port_base, start=MONDAY_MORNING, frozen=True):
+        process = await asyncio.create_subprocess_exec(
+            *AGUANTE,
+            "collect",
+            str(config_path),
+            cwd=tmp_path,
+            env=os.environ | {"PYTHONPATH": str(ROOT)},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await asyncio.sleep(3)
+        process.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    log = stderr.decode()
+    assert process.returncode == 0, log
+    assert "collector stopped" in log
+    assert "Traceback" not in log
+    machines = influxdb.query("SELECT count(*) FROM reading GROUP BY machine")
+    assert {row["machine"] for row in machines} == {m.id for m in config.machines}
+    health = influxdb.query("SELECT last(written) AS written FROM collector")
+    assert health[0]["written"] > 0
