@@ -13,7 +13,7 @@ from typing import TextIO
 from simulators.scenario import Scenario, ScenarioError, load_scenario, packaged_scenarios
 from simulators.simulator import FAULT_KINDS, Simulator, parse_fault, run_scenario
 
-__all__ = ["register"]
+__all__ = ["print_map", "register", "simulate"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -163,14 +163,24 @@ async def test_a_device_switched_off_delays_no_other_and_is_read_again(
 
 
 @pytest.mark.parametrize(
-    ("fault", "counter"),
-    [("timeout", "timeouts"), ("exception", "exceptions")],
+    ("fault", "arg", "counter"),
+    [
+        ("timeout", None, "timeouts"),
+        ("exception", 4, "exceptions"),
+        ("slow", 1.5, "timeouts"),  # slower than the 1 s the config waits
+        ("garbage", None, "errors"),  # a bad CRC is dropped by the framer: no answer
+    ],
 )
-async def test_timeouts_and_exception_codes_are_counted(
-    sim: Simulator, influxdb: InfluxDBDatabase, tmp_path: Path, fault: str, counter: str
+async def test_device_faults_are_counted_and_its_neighbour_goes_on(
+    sim: Simulator,
+    influxdb: InfluxDBDatabase,
+    tmp_path: Path,
+    fault: str,
+    arg: float | None,
+    counter: str,
 ) -> None:
     collector = make_collector(sim, tmp_path, influxdb, influxdb.database)
-    await sim.set_fault("furnace-1", fault, 4 if fault == "exception" else None)
+    await sim.set_fault("furnace-1", fault, arg)
     async with running(collector):
 
         def counted() -> bool:

@@ -26,7 +26,7 @@ from collector.plan import ReadRequest, coalesce_reads
 from collector.schema import FieldValue
 from collector.sources import DeviceHealth, Reading
 
-__all__ = ["ModbusClient", "ModbusConnection", "make_client", "modbus_sources"]
+__all__ = ["ModbusClient", "ModbusConnection", "ModbusResponse", "make_client", "modbus_sources"]
 
 log = logging.getLogger(__name__)
 

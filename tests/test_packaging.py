@@ -1,0 +1,78 @@
+"""What ships around the code: exported names, the compose file and the image it builds."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+import collector
+import simulators
+
+ROOT = Path(__file__).parent.parent
+
+
+def modules_with_all() -> list[ModuleType]:
+    found = []
+    for package in (collector, simulators):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            module = importlib.import_module(info.name)
+            if hasattr(module, "__all__"):
+                found.append(module)
+    return found
+
+
+@pytest.mark.parametrize("module", modules_with_all(), ids=lambda m: m.__name__)
+def test_all_matches_what_the_module_defines(module: ModuleType) -> None:
+    exported = set(module.__all__)
+    missing = {name for name in exported if not hasattr(module, name)}
+    assert not missing, f"{module.__name__}.__all__ names what it lacks: {missing}"
+    defined = {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and value.__module__ == module.__name__
+    }
+    assert defined <= exported, (
+        f"{module.__name__} defines but does not export {defined - exported}"
+    )
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def test_compose_runs_influxdb_and_the_collector_with_secrets_from_the_environment() -> None:
+    services = compose()["services"]
+    assert {"influxdb", "collector", "simulators"} <= set(services)
+    assert services["collector"]["command"][0] == "collect"
+    assert services["simulators"]["profiles"] == ["demo"]
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search("PASSWORD|TOKEN|SECRET", key):
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), (name, key, value)
+
+
+def test_compose_mounts_a_config_that_exists_and_passes_check() -> None:
+    from collector.config import load_config
+
+    volume = compose()["services"]["collector"]["volumes"][0]
+    default = re.match(r"\$\{AGUANTE_CONFIG:-(?P<path>[^}]+)\}:", volume)
+    assert default is not None
+    load_config(ROOT / default["path"], environ={})
+
+
+def test_dockerfile_copies_what_exists() -> None:
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), line
