@@ -20,6 +20,7 @@ import yaml
 from collector.app import Collector
 from collector.config import Config, parse_config
 from collector.sinks.influxdb import InfluxDBSink
+from collector.sources.modbus import ModbusConnection
 from simulators import Simulator, load_scenario, run_scenario
 from tests.conftest import InfluxDBDatabase
 from tests.services import InfluxDB
@@ -126,6 +127,11 @@ async def test_stored_values_equal_what_the_simulated_machines_serve(
                 assert value == expected, (machine_id, signal.name)
             checked += 1
     assert checked == sum(len(m.modbus.signals) for m in machines.values() if m.modbus)
+    # The last raw frames of each link are kept for bug reports: a request and its answer.
+    for source in collector.sources:
+        assert isinstance(source, ModbusConnection)
+        frames = source.last_frames()
+        assert any(" -> " in f for f in frames) and any(" <- " in f for f in frames), frames
     assert not (tmp_path / "quarantine.jsonl").exists()
 
 

@@ -143,6 +143,13 @@ class ModbusConnection:
     def health(self) -> list[DeviceHealth]:
         return [p.health for p in self._polled]
 
+    def last_frames(self) -> list[str]:
+        """The last raw frames on this link, oldest first, for a bug report."""
+        return [
+            f"{stamp:.3f} {'->' if sent else '<-'} {data.hex(' ')}"
+            for stamp, sent, data in self.raw_frames
+        ]
+
     async def __aenter__(self) -> ModbusConnection:
         return self
 
@@ -223,6 +230,8 @@ class ModbusConnection:
             log.warning(
                 "%s: device down (unit %d): %s", polled.machine.id, polled.device.unit, reason
             )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: last frames:\n  %s", self.name, "\n  ".join(self.last_frames()))
         health.up = up
 
     async def _poll(self, polled: _Polled) -> Reading | None:
