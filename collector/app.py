@@ -37,12 +37,14 @@ class Collector:
         sources: Sequence[Source] | None = None,
         quarantine_path: Path | None = None,
         flush_timeout: float = 10.0,
+        restart_delay: float = SOURCE_RESTART_DELAY,
     ) -> None:
         self.config = config
         self.sink = sink
         self.sources = list(build_sources(config) if sources is None else sources)
         self._quarantine = quarantine_path or Path(config.influxdb.quarantine_file)
         self._flush_timeout = flush_timeout
+        self._restart_delay = restart_delay
         sectors = {m.id: m.sector for m in config.machines}
         self._tags = {
             m: {"factory": config.factory, "sector": s, "machine": m} for m, s in sectors.items()
@@ -60,6 +62,7 @@ class Collector:
             flush_interval=influx.flush_interval,
             max_points=influx.max_buffered_points,
             quarantine_path=self._quarantine,
+            close_timeout=self._flush_timeout,
         )
         self.delivery = delivery
         async with AsyncExitStack() as stack:
@@ -75,9 +78,7 @@ class Collector:
             try:
                 await stop.wait()
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await _cancel_and_wait(tasks)
                 delivery.submit(self._health_points())
         log.info("collector stopped")
 
@@ -90,8 +91,10 @@ class Collector:
                 raise
             except Exception:
                 # A bug in one source must not stop the plant's other machines being read.
-                log.exception("%s: source failed; restarting in %.0f s", source.name, 5.0)
-                await asyncio.sleep(SOURCE_RESTART_DELAY)
+                log.exception(
+                    "%s: source failed; restarting in %.0f s", source.name, self._restart_delay
+                )
+                await asyncio.sleep(self._restart_delay)
 
     async def _report(self, delivery: Delivery) -> None:
         while True:
@@ -130,3 +133,16 @@ class Collector:
             }
             points.append(Point(COLLECTOR, tags, buffer_fields, now))
         return points
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    # Python 3.11's asyncio.wait_for, which pymodbus awaits answers with, can swallow a
+    # cancellation that races with an answer: cancel again until every task has really ended.
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s ended with an error", task.get_name(), exc_info=task.exception())

@@ -6,6 +6,7 @@ mangled; NaN and ±inf cannot be stored at all: those fields are left out (`drop
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
@@ -81,17 +82,28 @@ def _nonfinite(value: FieldValue) -> bool:
 
 
 def _escape(point: Point, what: str, text: str, special: str) -> str:
+    try:
+        return _escaped(text, special)
+    except _Unwritable as exc:
+        raise InvalidPointError(point, f"the {what} {text!r} {exc}") from None
+
+
+class _Unwritable(ValueError):
+    pass
+
+
+@functools.lru_cache(maxsize=8192)
+def _escaped(text: str, special: str) -> str:
+    # Cached: the same machine, tag and signal names recur in every point.
     if "\n" in text or "\r" in text:
-        raise InvalidPointError(point, f"the {what} {text!r} contains a line break")
+        raise _Unwritable("contains a line break")
     # Servers keep a backslash literally unless it precedes a special character, and none of
     # them unescapes "\\" in names: a backslash before a special character or at the end
     # cannot be written so that it reads back unchanged.
     for i, char in enumerate(text):
         if char == "\\" and (i + 1 == len(text) or text[i + 1] in special):
-            raise InvalidPointError(
-                point,
-                f"the {what} {text!r} has a backslash at its end or before {special!r}, "
-                "which InfluxDB cannot store",
+            raise _Unwritable(
+                f"has a backslash at its end or before {special!r}, which InfluxDB cannot store"
             )
     for char in special:
         text = text.replace(char, "\\" + char)

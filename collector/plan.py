@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from collector.config import ModbusDevice, Signal, Table
+from collector.decode import Decoder, compile_decoder
 
 __all__ = ["ReadRequest", "coalesce_reads"]
 
@@ -20,6 +21,15 @@ class ReadRequest:
     address: int
     count: int
     signals: tuple[Signal, ...]
+    # (signal, first index in the answer, one past the last, its compiled decoder)
+    layout: tuple[tuple[Signal, int, int, Decoder], ...] = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        layout = []
+        for signal in self.signals:
+            start = signal.wire_address - self.address
+            layout.append((signal, start, start + signal.register_count, compile_decoder(signal)))
+        object.__setattr__(self, "layout", tuple(layout))
 
     def slice_of(self, signal: Signal) -> slice:
         start = signal.wire_address - self.address

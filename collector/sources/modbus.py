@@ -21,7 +21,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from collector.config import Config, Machine, ModbusDevice
-from collector.decode import DecodeError, decode_signal
+from collector.decode import DecodeError
 from collector.plan import ReadRequest, coalesce_reads
 from collector.schema import FieldValue
 from collector.sources import DeviceHealth, Reading
@@ -170,7 +170,11 @@ class ModbusConnection:
     async def _poll_forever(self) -> AsyncIterator[Reading]:
         backoff = self._reconnect_initial
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # A cancellation swallowed inside pymodbus (see Collector) still counts here.
+                raise asyncio.CancelledError
             if not self._client.connected:
                 if not await self._connect():
                     await asyncio.sleep(backoff)
@@ -284,16 +288,13 @@ class ModbusConnection:
     def _decode(
         self, polled: _Polled, request: ReadRequest, response: ModbusResponse
     ) -> Iterator[tuple[str, FieldValue]]:
-        bit_table = request.table in ("coil", "discrete")
-        data: list[Any] = response.bits if bit_table else response.registers
-        for signal in request.signals:
-            part = data[request.slice_of(signal)]
+        data: list[Any] = (
+            response.bits if request.table in ("coil", "discrete") else response.registers
+        )
+        for signal, start, end, decode in request.layout:
             try:
-                if bit_table:
-                    yield signal.name, decode_signal(signal, bits=part)
-                else:
-                    yield signal.name, decode_signal(signal, registers=part)
-            except (DecodeError, IndexError, ValueError):
+                yield signal.name, decode(data[start:end])
+            except (DecodeError, ValueError):
                 polled.health.decode_errors += 1
 
 
