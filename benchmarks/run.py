@@ -1,0 +1,781 @@
+"""`make bench`: the collector against the plainest Python loop, polling the same simulated devices
+into the same InfluxDB, in one run on this machine; rewrites benchmarks/RESULTS.md.
+
+    .venv/bin/python benchmarks/run.py [--seconds 30] [--warmup 5] [--shapes plant,scale]
+
+A contender is a command to start and a process to measure (`Contender`); the simulators and
+`influxd` run in processes of their own so that only the contender's CPU is counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime as dt
+import json
+import os
+import platform
+import random
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+BIN = Path(sys.executable).parent  # the venv's bin, where `aguante` is installed
+sys.path.insert(0, str(ROOT))  # for tests.services (the tests' own influxd harness)
+
+from tests.services import InfluxDB  # noqa: E402
+
+GAP_FILL = 10  # the collector's default: unused registers read through to save a request
+MAX_REGISTERS = 125  # per read request, the protocol's limit (function code 3)
+FACTORY = "bench"
+SECTOR = "bench"
+CPU_TARGET = 1.0  # aguante's CPU per value stored, as a multiple of the plain loop's
+_PR_SET_PDEATHSIG = 1
+REQUEST_TOLERANCE = 0.01  # window edges cut a poll or two; a wrong plan is off by >= 10 %
+
+
+# -- what is measured ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A plant to poll: `devices` TCP devices, each read at the same holding `addresses`."""
+
+    name: str
+    title: str
+    devices: int
+    addresses: tuple[int, ...]
+    interval: float = 1.0
+
+    @property
+    def values_per_poll(self) -> int:
+        return len(self.addresses)
+
+    @property
+    def minimum_reads(self) -> list[tuple[int, int]]:
+        return minimum_reads(self.addresses, GAP_FILL, MAX_REGISTERS)
+
+
+def minimum_reads(addresses: Sequence[int], gap_fill: int, limit: int) -> list[tuple[int, int]]:
+    """The fewest (address, count) reads covering one-register `addresses`, reading through at
+    most `gap_fill` unused registers and at most `limit` registers a request. Worked out here,
+    not taken from the collector's planner, so that a planner bug shows up as a miss.
+
+    Greedy is optimal: a request covers a run of consecutive sorted addresses, and stretching
+    each run as far as both limits allow never leaves more addresses for later requests."""
+    reads: list[tuple[int, int]] = []
+    for address in sorted(set(addresses)):
+        if reads:
+            start, count = reads[-1]
+            if address - (start + count) <= gap_fill and address + 1 - start <= limit:
+                reads[-1] = (start, address + 1 - start)
+                continue
+        reads.append((address, 1))
+    return reads
+
+
+SHAPES = {
+    "plant": Shape(
+        "plant", "20 devices × 100 contiguous holding registers, 1 s", 20, tuple(range(100))
+    ),
+    # Pairs 11 apart (10 unused between: merged at gap_fill 10), pairs 40 apart (split).
+    "scale": Shape(
+        "scale",
+        "200 devices × 10 scattered holding registers, 1 s",
+        200,
+        tuple(a for base in range(0, 200, 40) for a in (base, base + 11)),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What every contender is pointed at for one shape."""
+
+    shape: Shape
+    ports: list[int]
+    influx_url: str
+    database: str
+    workdir: Path
+
+
+class Contender(Protocol):
+    """A command to start against a target; `points_read` is what it says it read, if it says."""
+
+    name: str
+
+    def command(self, target: Target) -> list[str]: ...
+
+    def points_read(self, target: Target, stdout: str, influx: InfluxDB) -> int | None: ...
+
+
+class PlainLoop:
+    name = "plain loop"
+
+    def command(self, target: Target) -> list[str]:
+        shape = target.shape
+        spec = {
+            "factory": FACTORY,
+            "sector": SECTOR,
+            "influx_url": target.influx_url,
+            "database": target.database,
+            "interval": shape.interval,
+            "devices": [
+                {
+                    "machine": f"machine-{n}",
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "unit": 1,
+                    "reads": shape.minimum_reads,
+                    "fields": [(f"r{a}", a) for a in shape.addresses],
+                }
+                for n, port in enumerate(target.ports)
+            ],
+        }
+        path = target.workdir / f"{target.database}.json"
+        path.write_text(json.dumps(spec))
+        return [sys.executable, str(BENCH / "plain_loop.py"), str(path)]
+
+    def points_read(self, target: Target, stdout: str, influx: InfluxDB) -> int | None:
+        for line in reversed(stdout.splitlines()):
+            with contextlib.suppress(ValueError):
+                return int(json.loads(line)["points_read"])
+        return None
+
+
+class Aguante:
+    name = "aguante"
+
+    def command(self, target: Target) -> list[str]:
+        shape = target.shape
+        config = {
+            "factory": FACTORY,
+            "timezone": "UTC",
+            "influxdb": {
+                "url": target.influx_url,
+                "database": target.database,
+                "create_database": True,
+                "quarantine_file": str(target.workdir / f"{target.database}-quarantine.jsonl"),
+            },
+            "sectors": [{"id": SECTOR}],
+            "machines": [
+                {
+                    "id": f"machine-{n}",
+                    "sector": SECTOR,
+                    "modbus": {
+                        "transport": "tcp",
+                        "host": "127.0.0.1",
+                        "port": port,
+                        "unit": 1,
+                        "poll_interval": shape.interval,
+                        "signals": [
+                            {"name": f"r{a}", "table": "holding", "address": a, "type": "uint16"}
+                            for a in shape.addresses
+                        ],
+                    },
+                }
+                for n, port in enumerate(target.ports)
+            ],
+        }
+        path = target.workdir / f"{target.database}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return [str(BIN / "aguante"), "collect", str(path)]
+
+    def points_read(self, target: Target, stdout: str, influx: InfluxDB) -> int | None:
+        # The collector's own health points, the last one written on stop: polls that gave values.
+        rows = influx.query(
+            "SELECT LAST(good_polls) FROM collector GROUP BY machine", database=target.database
+        )
+        return sum(int(row["last"]) for row in rows) if rows else None
+
+
+CONTENDERS: list[Contender] = [PlainLoop(), Aguante()]
+
+
+@dataclass
+class Snapshot:
+    time: float
+    cpu_s: float
+    requests: int
+    writes: int
+    write_bytes: int
+    sim_cpu_s: float
+    influxd_cpu_s: float
+
+
+@dataclass
+class Measurement:
+    contender: str
+    shape: Shape
+    window_s: float = 0.0
+    cpu_s: float = 0.0
+    startup_cpu_s: float = 0.0
+    peak_rss_kib: int = 0
+    requests: int = 0
+    writes: int = 0
+    write_bytes: int = 0
+    sim_cpu_s: float = 0.0
+    influxd_cpu_s: float = 0.0
+    points_window: int = 0
+    values_window: int = 0
+    points_total: int = 0
+    values_total: int = 0
+    points_read: int | None = None
+    exit_code: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def cpu_per_1000_values(self) -> float:
+        return self.cpu_s / self.values_window * 1000 if self.values_window else float("nan")
+
+    @property
+    def requests_per_poll(self) -> float:
+        return self.requests / self.points_window if self.points_window else float("nan")
+
+    @property
+    def polls_per_device_s(self) -> float:
+        return self.points_window / self.shape.devices / self.window_s
+
+    @property
+    def expected_values(self) -> float:
+        return self.shape.devices * self.shape.values_per_poll * self.window_s / self.shape.interval
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far, from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _die_with_parent() -> None:
+    # Runs in each child before exec: if the runner is killed outright (SIGKILL), the kernel
+    # still stops its children, so no simulator or contender outlives a benchmark.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 20.0) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`; its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def free_port_block(count: int) -> int:
+    """A first port such that it and the `count` after it are free on 127.0.0.1."""
+    for _ in range(50):
+        base = random.randrange(20000, 60000 - count)
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count + 1):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no block of {count + 1} free loopback ports found")
+
+
+class SimServer:
+    """benchmarks/sim_server.py serving a shape, in its own process and session."""
+
+    def __init__(self, shape: Shape, workdir: Path) -> None:
+        self.shape = shape
+        self.control_port = free_port_block(shape.devices)
+        self.port_base = self.control_port + 1
+        self.ports = [self.port_base + n for n in range(shape.devices)]
+        self.log_path = workdir / f"sim-{shape.name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> SimServer:
+        registers = max(self.shape.addresses) + 1
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(BENCH / "sim_server.py"),
+                    f"--devices={self.shape.devices}",
+                    f"--registers={registers}",
+                    f"--port-base={self.port_base}",
+                    f"--control-port={self.control_port}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,  # Ctrl-C reaches the runner only, which stops it in order
+                preexec_fn=_die_with_parent,
+            )
+        try:
+            assert self.process.stdout is not None
+            with selectors.DefaultSelector() as selector:
+                selector.register(self.process.stdout, selectors.EVENT_READ)
+                if not selector.select(timeout=60):
+                    raise RuntimeError("the simulators did not start within 60 s")
+            line = self.process.stdout.readline()
+            if not line.startswith(b'{"ready"'):
+                raise RuntimeError(f"the simulators did not start:\n{self.log_tail()}")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            stop_process(process)
+            if process.stdout is not None:
+                process.stdout.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def requests(self) -> int:
+        """Modbus requests every device has received so far."""
+        response = httpx.get(f"http://127.0.0.1:{self.control_port}/devices", timeout=10.0)
+        response.raise_for_status()
+        return sum(int(device["requests"]) for device in response.json())
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+
+
+def influx_writes(influx: InfluxDB) -> tuple[int, int]:
+    """(write requests, bytes written) that influxd has served since it started."""
+    rows = influx.query("SHOW STATS FOR 'httpd'")
+    return sum(int(r["writeReq"]) for r in rows), sum(int(r["writeReqBytes"]) for r in rows)
+
+
+def influxd_pid(influx: InfluxDB) -> int | None:
+    # The test harness keeps its process private; reading it here is only for the CPU figure.
+    process: subprocess.Popen[bytes] | None = getattr(influx, "_process", None)
+    return process.pid if process is not None else None
+
+
+def count_reading(influx: InfluxDB, database: str, where: str = "") -> tuple[int, int]:
+    """(points, values) of the `reading` measurement, optionally within a WHERE clause."""
+    values_rows = influx.query(f"SELECT COUNT(*) FROM reading {where}", database=database)
+    values = sum(int(v) for row in values_rows for k, v in row.items() if k.startswith("count_"))
+    # Every contender stores field r0 in every point (address 0 is in every shape).
+    point_rows = influx.query(f"SELECT COUNT(r0) FROM reading {where}", database=database)
+    return (int(point_rows[0]["count"]) if point_rows else 0), values
+
+
+# -- one contender on one shape ------------------------------------------------------------------
+
+
+def measure(
+    contender: Contender,
+    target: Target,
+    sim: SimServer,
+    influx: InfluxDB,
+    *,
+    seconds: float,
+    warmup: float,
+) -> Measurement:
+    result = Measurement(contender.name, target.shape)
+    command = contender.command(target)
+    influx.create_database(target.database)  # fresh for each; aguante's own CREATE is a no-op
+    out_path = target.workdir / f"{target.database}.out"
+    err_path = target.workdir / f"{target.database}.err"
+    influxd = influxd_pid(influx)
+
+    def snapshot(pid: int) -> Snapshot:
+        requests = sim.requests()
+        now = time.time()
+        cpu = cpu_seconds(pid)
+        writes, write_bytes = influx_writes(influx)
+        return Snapshot(
+            now,
+            cpu,
+            requests,
+            writes,
+            write_bytes,
+            cpu_seconds(sim.pid),
+            cpu_seconds(influxd) if influxd else 0.0,
+        )
+
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = subprocess.Popen(
+            command,
+            cwd=target.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    try:
+        if _exited_within(process, warmup):
+            raise RuntimeError(f"{contender.name} exited at start:\n{_tail(err_path)}")
+        before = snapshot(process.pid)
+        if _exited_within(process, seconds):
+            raise RuntimeError(f"{contender.name} exited while measured:\n{_tail(err_path)}")
+        after = snapshot(process.pid)
+        result.peak_rss_kib = peak_rss_kib(process.pid)
+    finally:
+        result.exit_code = stop_process(process)
+    result.window_s = after.time - before.time
+    result.cpu_s = after.cpu_s - before.cpu_s
+    result.startup_cpu_s = before.cpu_s
+    result.requests = after.requests - before.requests
+    result.writes = after.writes - before.writes
+    result.write_bytes = after.write_bytes - before.write_bytes
+    result.sim_cpu_s = after.sim_cpu_s - before.sim_cpu_s
+    result.influxd_cpu_s = after.influxd_cpu_s - before.influxd_cpu_s
+    window = f"WHERE time >= {int(before.time * 1000)}ms AND time < {int(after.time * 1000)}ms"
+    result.points_window, result.values_window = count_reading(influx, target.database, window)
+    result.points_total, result.values_total = count_reading(influx, target.database)
+    result.points_read = contender.points_read(target, out_path.read_text(errors="replace"), influx)
+    if result.exit_code != 0:
+        result.problems.append(f"exited with {result.exit_code} on SIGTERM")
+    warnings = [
+        line
+        for line in err_path.read_text(errors="replace").splitlines()
+        if " WARNING " in line or " ERROR " in line or "Traceback" in line
+    ]
+    if warnings:
+        result.problems.append(f"{len(warnings)} warnings/errors logged, first: {warnings[0]}")
+    return result
+
+
+def _exited_within(process: subprocess.Popen[bytes], seconds: float) -> bool:
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def machine_description() -> dict[str, str]:
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    ram = "?"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    try:
+        influxd = subprocess.run(
+            ["influxd", "version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
+    except OSError:
+        influxd = "?"
+    return {
+        "cpu": model,
+        "cores": str(os.cpu_count()),
+        "ram": ram,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "pymodbus": version("pymodbus"),
+        "httpx": version("httpx"),
+        "aguante": version("aguante"),
+        "influxd": influxd,
+    }
+
+
+def _f(value: float, digits: int = 2) -> str:
+    return "—" if value != value else f"{value:,.{digits}f}"  # NaN: nothing measured
+
+
+@dataclass
+class Verdict:
+    label: str
+    passed: bool
+
+
+def verdicts(plain: Measurement | None, aguante: Measurement | None) -> list[Verdict]:
+    out: list[Verdict] = []
+    if plain is not None and aguante is not None:
+        ratio = aguante.cpu_per_1000_values / plain.cpu_per_1000_values
+        out.append(
+            Verdict(
+                f"aguante CPU per value ≤ {CPU_TARGET:.1f}× the plain loop's: {ratio:.2f}×",
+                ratio <= CPU_TARGET,
+            )
+        )
+    for m in (plain, aguante):
+        if m is None:
+            continue
+        minimum = len(m.shape.minimum_reads)
+        ok = abs(m.requests_per_poll - minimum) <= REQUEST_TOLERANCE * minimum
+        out.append(
+            Verdict(
+                f"{m.contender}: Modbus requests per poll = minimum {minimum}: "
+                f"{_f(m.requests_per_poll)}",
+                ok,
+            )
+        )
+        lost = (m.points_read - m.points_total) if m.points_read is not None else None
+        out.append(
+            Verdict(
+                f"{m.contender}: every point read is stored: {m.points_total:,} stored of "
+                f"{'?' if m.points_read is None else f'{m.points_read:,}'} read",
+                lost == 0,
+            )
+        )
+    return out
+
+
+def shape_table(shape: Shape, results: list[Measurement]) -> list[str]:
+    reads = shape.minimum_reads
+    through = minimum_reads(shape.addresses, MAX_REGISTERS, MAX_REGISTERS)
+    base = next((m for m in results if m.contender == "plain loop"), None)
+    rows: list[tuple[str, list[str]]] = [
+        ("measured window, s", [_f(m.window_s, 1) for m in results]),
+        ("CPU in window, s (user+sys)", [_f(m.cpu_s) for m in results]),
+        (
+            "**CPU s per 1,000 values stored**",
+            [f"**{_f(m.cpu_per_1000_values, 4)}**" for m in results],
+        ),
+        (
+            "… relative to the plain loop",
+            [
+                f"{m.cpu_per_1000_values / base.cpu_per_1000_values:.2f}×" if base else "—"
+                for m in results
+            ],
+        ),
+        ("CPU before the window, s (start-up + warm-up)", [_f(m.startup_cpu_s) for m in results]),
+        ("peak RSS (VmHWM), MiB", [_f(m.peak_rss_kib / 1024, 1) for m in results]),
+        (
+            f"Modbus requests per poll, at the simulator (minimum {len(reads)})",
+            [_f(m.requests_per_poll) for m in results],
+        ),
+        ("polls per device per second", [_f(m.polls_per_device_s, 3) for m in results]),
+        (
+            "values stored in window / scheduled",
+            [
+                f"{m.values_window:,} / {m.expected_values:,.0f} "
+                f"({m.values_window / m.expected_values:.1%})"
+                for m in results
+            ],
+        ),
+        ("InfluxDB /write requests per second", [_f(m.writes / m.window_s) for m in results]),
+        (
+            "bytes per /write request",
+            [f"{m.write_bytes / m.writes:,.0f}" if m.writes else "—" for m in results],
+        ),
+        (
+            "points read (own count) / stored, whole run",
+            [
+                f"{'?' if m.points_read is None else f'{m.points_read:,}'} / {m.points_total:,}"
+                for m in results
+            ],
+        ),
+        ("values stored, whole run", [f"{m.values_total:,}" for m in results]),
+        ("simulators' CPU in window, s", [_f(m.sim_cpu_s) for m in results]),
+        ("influxd's CPU in window, s", [_f(m.influxd_cpu_s) for m in results]),
+    ]
+    lines = [
+        f"### {shape.title}",
+        "",
+        f"Each device: holding registers {_address_summary(shape.addresses)} as uint16; "
+        f"protocol minimum with gap_fill {GAP_FILL}: {len(reads)} read(s) "
+        f"{', '.join(f'{a}+{c}' for a, c in reads)} "
+        f"({len(reads) * shape.devices} a cycle for {shape.devices} devices); "
+        f"reading through every gap would take {len(through)}.",
+        "",
+        "| | " + " | ".join(m.contender for m in results) + " |",
+        "|---|" + "---:|" * len(results),
+    ]
+    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+    lines.append("")
+    plain = base
+    aguante = next((m for m in results if m.contender == "aguante"), None)
+    lines += [f"- {'PASS' if v.passed else 'FAIL'}: {v.label}" for v in verdicts(plain, aguante)]
+    for m in results:
+        lines += [f"- note ({m.contender}): {problem}" for problem in m.problems]
+    lines.append("")
+    return lines
+
+
+def _address_summary(addresses: Sequence[int]) -> str:
+    if list(addresses) == list(range(addresses[0], addresses[-1] + 1)):
+        return f"{addresses[0]}–{addresses[-1]}"
+    return ", ".join(str(a) for a in addresses)
+
+
+HOW_TO_READ = """\
+Both contenders poll the same simulated Modbus TCP devices (`benchmarks/sim_server.py`, a process
+of its own) every second and store the same points — measurement `reading`, tags
+factory/sector/machine, one integer field per register, ms time stamps — in a fresh database of
+one private `influxd`. The *plain loop* (`benchmarks/plain_loop.py`) is the floor of what Python
+does for that job: one pymodbus client per device, the fewest reads, line protocol built by hand,
+one POST a cycle; no config validation, no buffer, no retries, no health points. *aguante* is the
+real `aguante collect` on a generated config, its health points every 10 s included.
+
+Only the window after the warm-up counts. CPU is user+sys time of the contender's process
+(/proc/PID/stat) over the window, divided by the values whose time stamps fall in it, counted in
+InfluxDB afterwards — a value read but not stored does not count. Modbus requests are counted by
+the simulators over the same window and divided by the points stored in it; the window's edges may
+cut a poll either way (hence a 1 % tolerance — a wrong read plan is off by a whole request a poll).
+/write requests and bytes are influxd's own `SHOW STATS` counters. "Points read / stored" compares
+what the contender says it read (the plain loop's tally; aguante's last `collector` health point,
+`good_polls`) with what InfluxDB holds after the contender was stopped with SIGTERM. The
+contender, the simulators and influxd share a few cores, so expect some per cent of noise from run
+to run (and the CPU clock ticks at 10 ms); rerun before reading much into small differences.
+"""
+
+
+def write_report(
+    path: Path,
+    results: dict[str, list[Measurement]],
+    args: argparse.Namespace,
+    started: float,
+) -> None:
+    info = machine_description()
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `make bench` (`benchmarks/run.py`); do not edit by hand.",
+        "",
+        f"- date: {dt.datetime.fromtimestamp(started, dt.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{time.time() - started:.0f} s in all",
+        f"- machine: {info['cpu']}, {info['cores']} cores, {info['ram']} RAM, {info['kernel']}",
+        f"- versions: Python {info['python']}, pymodbus {info['pymodbus']}, httpx {info['httpx']}, "
+        f"aguante {info['aguante']}, {info['influxd']}",
+        f"- command: `{' '.join(['benchmarks/run.py', *sys.argv[1:]])}` "
+        f"({args.seconds:g} s measured per contender per shape after {args.warmup:g} s warm-up; "
+        "contenders one after the other, plain loop first)",
+        "",
+    ]
+    for shape_name, measurements in results.items():
+        lines += shape_table(SHAPES[shape_name], measurements)
+    lines += [
+        "## How to read this",
+        "",
+        HOW_TO_READ,
+    ]
+    path.write_text("\n".join(lines))
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, list[Measurement]]:
+    results: dict[str, list[Measurement]] = {}
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aguante-bench-")))
+        influx = stack.enter_context(InfluxDB(workdir / "influxdb"))
+        for shape_name in args.shapes:
+            shape = SHAPES[shape_name]
+            print(f"== {shape.title}: starting {shape.devices} simulated devices", flush=True)
+            with SimServer(shape, workdir) as sim:
+                results[shape_name] = []
+                for contender in CONTENDERS:
+                    slug = contender.name.replace(" ", "_")
+                    target = Target(shape, sim.ports, influx.url, f"{shape.name}_{slug}", workdir)
+                    print(
+                        f"   {contender.name}: {args.warmup:g} s warm-up, {args.seconds:g} s "
+                        "measured",
+                        flush=True,
+                    )
+                    m = measure(
+                        contender, target, sim, influx, seconds=args.seconds, warmup=args.warmup
+                    )
+                    results[shape_name].append(m)
+                    print(
+                        f"   {contender.name}: {m.cpu_per_1000_values:.4f} CPU s / 1000 values, "
+                        f"{m.requests_per_poll:.2f} requests/poll, "
+                        f"{m.writes / m.window_s:.2f} writes/s, "
+                        f"{m.peak_rss_kib / 1024:.0f} MiB peak",
+                        flush=True,
+                    )
+    return results
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--seconds", type=float, default=30.0, help="measured per contender per shape (30)"
+    )
+    parser.add_argument("--warmup", type=float, default=5.0, help="before the measured window (5)")
+    parser.add_argument(
+        "--shapes",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        default=list(SHAPES),
+        help=f"comma-separated, of: {', '.join(SHAPES)} (all)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=BENCH / "RESULTS.md", help="report (benchmarks/RESULTS.md)"
+    )
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.shapes if s not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}")
+    if args.seconds <= 0 or args.warmup < 1:
+        parser.error("--seconds must be more than 0 and --warmup at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+
+    def terminated(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through every `finally`, stopping the children
+
+    signal.signal(signal.SIGTERM, terminated)
+    started = time.time()
+    try:
+        results = run(args)
+    except KeyboardInterrupt:
+        print("interrupted; every process started was stopped", file=sys.stderr)
+        return 130
+    write_report(args.output, results, args, started)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
