@@ -78,7 +78,7 @@ class Collector:
             try:
                 await stop.wait()
             finally:
-                await _cancel_and_wait(tasks)
+                await _cancel_and_wait(tasks, self._flush_timeout)
                 delivery.submit(self._health_points())
         log.info("collector stopped")
 
@@ -87,6 +87,11 @@ class Collector:
             try:
                 async for reading in source:
                     delivery.submit([self.to_point(reading)])
+                # A source that ends is started again, after the same pause as a failed one.
+                log.warning(
+                    "%s: source ended; restarting in %.0f s", source.name, self._restart_delay
+                )
+                await asyncio.sleep(self._restart_delay)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -118,8 +123,11 @@ class Collector:
                     "bad_answers": health.bad_answers,
                     "link_errors": health.link_errors,
                     "latency_ms": health.last_latency_ms,
-                    "up": bool(health.up),
                 }
+                if health.up is not None:  # unknown before the first poll: no value, not false
+                    fields["up"] = health.up
+                for code, count in sorted(health.exceptions.items()):
+                    fields[f"exception_{code:02d}"] = count
                 points.append(Point(COLLECTOR, tags, fields, now))
         if self.delivery is not None:
             stats = self.delivery.stats()
@@ -135,14 +143,19 @@ class Collector:
         return points
 
 
-async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]], deadline: float) -> None:
     # Python 3.11's asyncio.wait_for, which pymodbus awaits answers with, can swallow a
-    # cancellation that races with an answer: cancel again until every task has really ended.
+    # cancellation that races with an answer: cancel again until every task has really ended,
+    # but not past the deadline: a stuck task must not keep the buffer from being flushed.
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
     pending = set(tasks)
-    while pending:
+    while pending and loop.time() < give_up:
         for task in pending:
             task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)
+        _, pending = await asyncio.wait(pending, timeout=min(1.0, give_up - loop.time()))
+    for task in pending:
+        log.error("%s did not stop within %.0f s; leaving it behind", task.get_name(), deadline)
     for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
+        if task.done() and not task.cancelled() and task.exception() is not None:
             log.error("%s ended with an error", task.get_name(), exc_info=task.exception())

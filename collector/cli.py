@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from collector.config import ConfigError, json_schema, load_config
+from collector.config import ConfigError, config_warnings, json_schema, load_config
 
 __all__ = ["build_parser", "main"]
 
@@ -91,6 +91,8 @@ def _check(args: argparse.Namespace) -> int:
     machines = len(config.machines)
     signals = sum(len(m.modbus.signals) for m in config.machines if m.modbus)
     print(f"{args.config}: ok — {machines} machines, {signals} signals")
+    for warning in config_warnings(config):
+        print(f"  warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "ModbusDevice",
     "Sector",
     "Signal",
+    "config_warnings",
     "json_schema",
     "load_config",
     "parse_config",
@@ -118,6 +119,15 @@ class InfluxDBConfig(_Model):
         "aguante-quarantine.jsonl",
         description="Where lines InfluxDB refuses for good are kept for a later replay.",
     )
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> InfluxDBConfig:
+        if self.batch_size > self.max_buffered_points:
+            raise _FieldProblem(
+                "batch_size",
+                f"{self.batch_size} is more than max_buffered_points ({self.max_buffered_points})",
+            )
+        return self
 
     @field_validator("url")
     @classmethod
@@ -217,6 +227,12 @@ class Signal(_Model):
                 "count",
                 f"{self.count} is {too} for type {self.type}, which takes {size} register(s); "
                 "leave `count` out",
+            )
+        if self.type == "string" and self.orders[1] == "little":
+            raise _FieldProblem(
+                "order",
+                "a string keeps its characters in register order; only the bytes within a "
+                "register can swap: use ABCD or BADC (byte_order)",
             )
         if self.type in ("bool", "string") and (self.scale != 1.0 or self.offset != 0.0):
             raise _FieldProblem("scale", f"scale and offset do not apply to type {self.type}")
@@ -504,6 +520,8 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
             [ConfigProblem("", "the file must be a mapping with factory, sectors, machines")],
         )
     problems: list[ConfigProblem] = []
+    if data.get("influxdb") is None and "influxdb" in data:
+        data["influxdb"] = {}  # an empty `influxdb:` line means the defaults
     influx = data.get("influxdb")
     if isinstance(influx, dict):
         for key, env_name in _SECRETS.items():
@@ -587,6 +605,30 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+def config_warnings(config: Config) -> list[ConfigProblem]:
+    """Things that are valid but usually a mistake, for `aguante check` to point out."""
+    warnings = []
+    for m_index, machine in enumerate(config.machines):
+        if machine.modbus is None:
+            continue
+        for s_index, signal in enumerate(machine.modbus.signals):
+            if signal.modicon is not None:
+                continue
+            first = {"holding": "4", "input": "3", "discrete": "1"}.get(signal.wire_table)
+            number = str(signal.wire_address)
+            if first and len(number) == 5 and number[0] == first and number != f"{first}0000":
+                warnings.append(
+                    ConfigProblem(
+                        f"machines[{m_index}].modbus.signals[{s_index}].address",
+                        f"{number} looks like a Modicon register number, but `address` is the "
+                        "wire address, counted from 0",
+                        f"if the manual calls it register {number}, write `register: {number}` "
+                        f"(wire address {int(number[1:]) - 1}) instead",
+                    )
+                )
+    return warnings
 
 
 def json_schema() -> dict[str, Any]:

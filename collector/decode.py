@@ -17,6 +17,8 @@ __all__ = ["DecodeError", "Decoder", "compile_decoder", "decode_signal", "regist
 
 Decoder = Callable[[Sequence[int]], FieldValue]
 
+_INT64_MAX = 2**63 - 1
+
 _STRUCT = {
     "int16": "h",
     "uint16": "H",
@@ -58,7 +60,18 @@ def compile_decoder(signal: Signal) -> Decoder:
         )
     raw = _raw_decoder(signal.type, signal.register_count, byte_order, word_order)
     if signal.field_kind == "int":
-        return raw
+        if signal.type != "uint64":
+            return raw
+        name = signal.name
+
+        def int64(data: Sequence[int]) -> FieldValue:
+            # InfluxDB integers are signed 64-bit; meters answer 0xFFFF… for "not available".
+            value = int(raw(data))
+            if value > _INT64_MAX:
+                raise DecodeError(f"{name}: {value} does not fit InfluxDB's 64-bit integers")
+            return value
+
+        return int64
     scale, offset, name = signal.scale, signal.offset, signal.name
 
     def scaled(data: Sequence[int]) -> FieldValue:
@@ -89,7 +102,5 @@ def decode_signal(
     signal: Signal, registers: Sequence[int] = (), bits: Sequence[bool] = ()
 ) -> FieldValue:
     """Decode one signal from exactly its registers (or its one bit for coils/discretes)."""
-    data: Sequence[int] = (
-        [int(b) for b in bits] if signal.wire_table in ("coil", "discrete") else registers
-    )
+    data: Sequence[int] = bits if signal.wire_table in ("coil", "discrete") else registers
     return compile_decoder(signal)(data)

@@ -31,10 +31,6 @@ class ReadRequest:
             layout.append((signal, start, start + signal.register_count, compile_decoder(signal)))
         object.__setattr__(self, "layout", tuple(layout))
 
-    def slice_of(self, signal: Signal) -> slice:
-        start = signal.wire_address - self.address
-        return slice(start, start + signal.register_count)
-
 
 def coalesce_reads(device: ModbusDevice) -> list[ReadRequest]:
     """Plan requests: per table, signals in address order, merged while within the limits.

@@ -133,6 +133,8 @@ class ModbusConnection:
         ]
         self._reconnect_initial = reconnect_initial
         self._reconnect_max = reconnect_max
+        self._backoff = reconnect_initial
+        self._last_request_end = 0.0
         self._link_up: bool | None = None
         self._quiet_after_timeout = link.timeout if link.transport != "tcp" else 0.0
 
@@ -168,7 +170,6 @@ class ModbusConnection:
         return self._poll_forever()
 
     async def _poll_forever(self) -> AsyncIterator[Reading]:
-        backoff = self._reconnect_initial
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         while True:
@@ -177,10 +178,8 @@ class ModbusConnection:
                 raise asyncio.CancelledError
             if not self._client.connected:
                 if not await self._connect():
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self._reconnect_max)
+                    await self._back_off()
                     continue
-                backoff = self._reconnect_initial
                 now = loop.time()
                 for polled in self._polled:
                     polled.due = now
@@ -194,7 +193,10 @@ class ModbusConnection:
             try:
                 reading = await self._poll(polled)
             except ConnectionException as exc:
+                # A link that accepts connections and then drops them backs off too, or it would
+                # reconnect as fast as the loop spins.
                 self._link_lost(str(exc))
+                await self._back_off()
                 continue
             if reading is not None:
                 yield reading
@@ -210,12 +212,21 @@ class ModbusConnection:
         if not ok:
             self._link_lost(reason)
             return False
-        if self._link_up is False:
-            log.info("%s: link back up", self.name)
-        self._link_up = True
         if self._pause_after_connect:
             await asyncio.sleep(self._pause_after_connect)
         return True
+
+    async def _back_off(self) -> None:
+        await asyncio.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, self._reconnect_max)
+
+    def _link_answered(self) -> None:
+        # The link counts as back, and the backoff starts over, only once a device answered:
+        # a gateway that accepts the connection with nothing behind it is still down.
+        if self._link_up is False:
+            log.info("%s: link back up", self.name)
+        self._link_up = True
+        self._backoff = self._reconnect_initial
 
     def _link_lost(self, reason: str) -> None:
         if self._link_up is not False:
@@ -247,13 +258,19 @@ class ModbusConnection:
         values: dict[str, FieldValue] = {}
         answered = False
         problem = ""
-        for index, request in enumerate(polled.plan):
-            if index and device.pause_between_requests:
-                await asyncio.sleep(device.pause_between_requests)
+        loop = asyncio.get_running_loop()
+        for request in polled.plan:
+            if device.pause_between_requests:
+                # Measured from the link's last request, whichever unit it was for: slow devices
+                # on a shared RS-485 bus need the quiet time between any two frames.
+                quiet = self._last_request_end + device.pause_between_requests - loop.time()
+                if quiet > 0:
+                    await asyncio.sleep(quiet)
             health.requests += 1
             try:
                 response = await _read(self._client, request, device.unit)
             except ModbusIOException as exc:
+                self._last_request_end = loop.time()
                 # No answer: the device is silent, so the rest of its requests would only
                 # hold up the other units on this link.
                 health.timeouts += 1
@@ -263,6 +280,7 @@ class ModbusConnection:
                     # taken for the answer to the next request. Let it land on no request.
                     await asyncio.sleep(self._quiet_after_timeout)
                 break
+            self._last_request_end = loop.time()
             if response.isError():
                 code = response.exception_code
                 health.exceptions[code] = health.exceptions.get(code, 0) + 1
@@ -278,6 +296,8 @@ class ModbusConnection:
                 continue
             values.update(self._decode(polled, request, response))
         health.last_latency_ms = (time.perf_counter() - started) * 1000
+        if answered:
+            self._link_answered()
         if values:
             health.good_polls += 1
         self._mark(polled, up=answered, reason=problem)

@@ -25,6 +25,7 @@ class FakeLink:
     tables: dict[tuple[int, str], dict[int, int]] = field(default_factory=dict)
     faults: dict[int, Any] = field(default_factory=dict)
     reachable: bool = True
+    drops_every_read: bool = False  # accepts connections, then closes them at the first read
     requests: list[tuple[int, str, int, int]] = field(default_factory=list)
     connects: int = 0
     _connected: bool = False
@@ -58,6 +59,9 @@ class FakeLink:
         if not self._connected:
             raise ConnectionException("fake link is down")
         self.requests.append((unit, table, address, count))
+        if self.drops_every_read:
+            self._connected = False
+            raise ConnectionException("connection closed by the peer")
         fault = self.faults.get(unit)
         if fault == "timeout":
             raise ModbusIOException("no response")

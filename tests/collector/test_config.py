@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import ConfigError, json_schema, load_config, parse_config
+from collector.config import (
+    ConfigError,
+    config_warnings,
+    json_schema,
+    load_config,
+    parse_config,
+)
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "config"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
@@ -19,11 +25,12 @@ def test_golden(case: str) -> None:
     folder = GOLDEN / case
     expected = (folder / "expected.txt").read_text(encoding="utf-8").strip()
     try:
-        load_config(folder / "config.yaml", environ={})
+        config = load_config(folder / "config.yaml", environ={})
     except ConfigError as exc:
         assert "\n".join(str(p) for p in exc.problems) == expected
     else:
-        assert expected == "ok"
+        warnings = [f"warning: {w}" for w in config_warnings(config)]
+        assert "\n".join(["ok", *warnings]) == expected
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
@@ -93,3 +100,11 @@ def test_json_schema_describes_the_file() -> None:
     signal = schema["$defs"]["Signal"]["properties"]
     assert "register" in signal and "modicon" not in signal
     assert schema["$defs"]["Signal"]["additionalProperties"] is False
+
+
+def test_an_empty_influxdb_section_still_takes_the_environment() -> None:
+    text = "influxdb:\n" + MINIMAL.replace(
+        'influxdb: {url: "http://127.0.0.1:8086", database: from_file}\n', ""
+    )
+    config = parse_config(text, environ={"AGUANTE_INFLUXDB_URL": "http://influx.local:8086"})
+    assert config.influxdb.url == "http://influx.local:8086"

@@ -21,8 +21,15 @@ VECTORS = [
     ("int16", "BADC", [0x38FF], -200),
     ("uint16", "ABCD", [0xFF38], 65336),
     ("uint16", "BADC", [0x38FF], 65336),
+    ("int16", "CDAB", [0xFF38], -200),  # one register: the word order changes nothing
+    ("int16", "DCBA", [0x38FF], -200),
+    ("uint16", "CDAB", [0xFF38], 65336),
+    ("uint16", "DCBA", [0x38FF], 65336),
     ("int32", "ABCD", [0xFFFF, 0xFFFE], -2),
     ("int32", "CDAB", [0xFFFE, 0xFFFF], -2),
+    ("int32", "BADC", [0xFFFF, 0xFEFF], -2),
+    ("int32", "DCBA", [0xFEFF, 0xFFFF], -2),
+    ("int32", "CDAB", [0x5678, 0x1234], 0x12345678),
     ("uint32", "ABCD", [0x1234, 0x5678], 0x12345678),
     ("uint32", "CDAB", [0x5678, 0x1234], 0x12345678),
     ("uint32", "BADC", [0x3412, 0x7856], 0x12345678),
@@ -33,6 +40,10 @@ VECTORS = [
     ("float32", "DCBA", [0x79E9, 0xF642], 123.456),
     ("float32", "ABCD", [0xC020, 0x0000], -2.5),
     ("int64", "ABCD", [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE], -2),
+    ("int64", "CDAB", [0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF], -2),
+    ("int64", "BADC", [0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF], -2),
+    ("int64", "DCBA", [0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF], -2),
+    ("int64", "DCBA", [0x0807, 0x0605, 0x0403, 0x0201], 0x0102030405060708),
     ("uint64", "ABCD", [0x0102, 0x0304, 0x0506, 0x0708], 0x0102030405060708),
     ("uint64", "CDAB", [0x0708, 0x0506, 0x0304, 0x0102], 0x0102030405060708),
     ("uint64", "BADC", [0x0201, 0x0403, 0x0605, 0x0807], 0x0102030405060708),
@@ -40,6 +51,7 @@ VECTORS = [
     ("float64", "ABCD", [0x3FF0, 0, 0, 0], 1.0),
     ("float64", "ABCD", [0xBFB9, 0x9999, 0x9999, 0x999A], -0.1),
     ("float64", "CDAB", [0x999A, 0x9999, 0x9999, 0xBFB9], -0.1),
+    ("float64", "BADC", [0xB9BF, 0x9999, 0x9999, 0x9A99], -0.1),
     ("float64", "DCBA", [0x9A99, 0x9999, 0x9999, 0xB9BF], -0.1),
 ]
 
@@ -91,3 +103,9 @@ def test_nan_is_refused_not_stored() -> None:
         decode_signal(signal(type="float32"), registers=[0x7FC0, 0x0000])
     inf = decode_signal(signal(type="float32"), registers=[0x7F7F, 0xFFFF])
     assert math.isfinite(float(inf))  # the largest finite float32 is still a value
+
+
+def test_a_uint64_beyond_influxdbs_integers_is_refused_not_the_whole_reading() -> None:
+    with pytest.raises(DecodeError, match="does not fit InfluxDB's 64-bit integers"):
+        decode_signal(signal(type="uint64"), registers=[0xFFFF] * 4)
+    assert decode_signal(signal(type="uint64"), registers=[0x7FFF] + [0xFFFF] * 3) == 2**63 - 1

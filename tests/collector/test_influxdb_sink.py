@@ -353,3 +353,24 @@ async def test_username_and_password_against_auth_enabled_influxdb(
         f"InfluxDB at {server.url}: authentication failed (401: authorization failed); "
         "check username/password or token"
     )
+
+
+@pytest.mark.integration
+async def test_a_write_only_user_writes_although_it_may_not_create_the_database(
+    start_influxdb: Callable[..., InfluxDB], caplog: pytest.LogCaptureFixture
+) -> None:
+    """As docker-compose.yml sets it up: an admin creates the database, the collector writes."""
+    server = start_influxdb(auth=True)
+    server.create_database("plant")
+    server.query("CREATE USER writer WITH PASSWORD 'w-secret'", method="POST")
+    server.query('GRANT WRITE ON "plant" TO writer', method="POST")
+    async with InfluxDBSink(
+        url=server.url,
+        database="plant",
+        username="writer",
+        password="w-secret",
+        create_database=True,
+    ) as sink:
+        await sink.write(points(2))
+    assert len(server.query('SELECT * FROM "reading"', database="plant")) == 2
+    assert "could not create database 'plant'" in caplog.text

@@ -163,3 +163,38 @@ async def test_an_answer_that_does_not_fit_its_request_is_not_decoded(config: Co
     press_1 = [r.values for r in readings if r.machine == "press-1"]
     assert press_1 and all(set(values) == {"running"} for values in press_1)
     assert gateway.health()[0].bad_answers == len(press_1)
+
+
+async def test_a_link_that_accepts_then_drops_backs_off_and_logs_once(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = FakeLink(drops_every_read=True)
+    (gateway, _) = modbus_sources(
+        config, client_factory=link, reconnect_initial=0.01, reconnect_max=0.04
+    )
+    iterator = aiter(gateway)
+    with caplog.at_level(logging.INFO):
+        pending = asyncio.ensure_future(anext(iterator))
+        await asyncio.sleep(0.3)
+        assert 4 <= link.connects <= 12  # backoff, not one reconnect per loop turn
+        link.drops_every_read = False
+        link.set(1, "holding", 0, 1)
+        await asyncio.wait_for(pending, 2)
+    await iterator.aclose()  # type: ignore[attr-defined]
+    assert caplog.text.count("link down") == 1
+    assert caplog.text.count("link back up") == 1
+
+
+async def test_pause_between_requests_holds_between_units_of_one_bus() -> None:
+    text = CONFIG.replace(
+        "poll_interval: 0.01\n", "poll_interval: 0.01\n      pause_between_requests: 0.05\n"
+    )
+    link = FakeLink()
+    (gateway, _) = modbus_sources(parse_config(text, environ={}), client_factory=link)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await take(gateway, 4)
+    # press-1 takes two requests a poll, press-2 one: at least 5 requests, 4 pauses of 50 ms
+    # between them, whichever unit each was for.
+    assert len(link.requests) >= 5
+    assert loop.time() - started >= 0.05 * (len(link.requests) - 1) - 0.01
