@@ -31,11 +31,12 @@ class InvalidPointError(ValueError):
 
 def drop_nonfinite(point: Point) -> tuple[Point, int]:
     """The point without its NaN/±inf float fields, and how many were left out."""
+    if not any(_nonfinite(v) for v in point.fields.values()):
+        return point, 0  # the usual case, without building a new point
     finite = {k: v for k, v in point.fields.items() if not _nonfinite(v)}
-    dropped = len(point.fields) - len(finite)
-    if not dropped:
-        return point, 0
-    return Point(point.measurement, point.tags, finite, point.time_ms), dropped
+    return Point(point.measurement, point.tags, finite, point.time_ms), len(point.fields) - len(
+        finite
+    )
 
 
 def encode_point(point: Point) -> str:
@@ -60,11 +61,20 @@ def encode_point(point: Point) -> str:
         )
     fields = []
     for key, value in point.fields.items():
-        if _nonfinite(value):
-            continue
+        kind = type(value)  # exact types first: this loop runs for every value collected
+        if kind is float:
+            if not math.isfinite(value):  # type: ignore[arg-type]
+                continue
+            text = repr(value)
+        elif kind is int and _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
+            text = f"{value}i"
+        else:
+            if _nonfinite(value):
+                continue
+            text = _value(point, value)
         if key == "":
             raise InvalidPointError(point, "a field key is empty")
-        fields.append(f"{_escape(point, 'field key', key, _NAME_SPECIAL)}={_value(point, value)}")
+        fields.append(f"{_escape(point, 'field key', key, _NAME_SPECIAL)}={text}")
     if not fields:
         raise InvalidPointError(point, "no field left to store (NaN and ±inf cannot be stored)")
     if isinstance(point.time_ms, bool) or not isinstance(point.time_ms, int):

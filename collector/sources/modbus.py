@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
@@ -294,7 +294,7 @@ class ModbusConnection:
                 health.bad_answers += 1
                 problem = f"answer with {got} values to a read of {request.count}"
                 continue
-            values.update(self._decode(polled, request, response))
+            self._decode(polled, request, response, values)
         health.last_latency_ms = (time.perf_counter() - started) * 1000
         if answered:
             self._link_answered()
@@ -306,14 +306,18 @@ class ModbusConnection:
         return Reading(polled.machine.id, time_ms, values)
 
     def _decode(
-        self, polled: _Polled, request: ReadRequest, response: ModbusResponse
-    ) -> Iterator[tuple[str, FieldValue]]:
+        self,
+        polled: _Polled,
+        request: ReadRequest,
+        response: ModbusResponse,
+        values: dict[str, FieldValue],
+    ) -> None:
         data: list[Any] = (
             response.bits if request.table in ("coil", "discrete") else response.registers
         )
         for signal, start, end, decode in request.layout:
             try:
-                yield signal.name, decode(data[start:end])
+                values[signal.name] = decode(data[start:end])
             except (DecodeError, ValueError):
                 polled.health.decode_errors += 1
 
