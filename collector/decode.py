@@ -15,7 +15,8 @@ from collector.schema import FieldValue
 
 __all__ = ["DecodeError", "Decoder", "compile_decoder", "decode_signal", "registers_to_bytes"]
 
-Decoder = Callable[[Sequence[int]], FieldValue]
+# (the whole answer of a read, where the signal starts in it) → value: no slice per value.
+Decoder = Callable[[Sequence[int], int], FieldValue]
 
 _INT64_MAX = 2**63 - 1
 
@@ -42,18 +43,19 @@ def registers_to_bytes(registers: Sequence[int], byte_order: str, word_order: st
 
 
 def compile_decoder(signal: Signal) -> Decoder:
-    """A function from exactly the signal's registers (or its one bit) to its value."""
+    """A function from a read's answer and the signal's index in it to the signal's value."""
     if signal.type == "bool":
         if signal.wire_table in ("coil", "discrete"):
-            return lambda data: bool(data[0])
+            return lambda data, at: bool(data[at])
         assert signal.bit is not None
         mask = 1 << signal.bit
-        return lambda data: bool(data[0] & mask)
+        return lambda data, at: bool(data[at] & mask)
     byte_order, word_order = signal.orders
+    count = signal.register_count
     if signal.type == "string":
         # Strings keep their characters in register order; only bytes within a register swap.
-        return lambda data: (
-            registers_to_bytes(data, byte_order, "big")
+        return lambda data, at: (
+            registers_to_bytes(data[at : at + count], byte_order, "big")
             .split(b"\x00", 1)[0]
             .decode("latin-1")
             .rstrip(" ")
@@ -64,9 +66,9 @@ def compile_decoder(signal: Signal) -> Decoder:
             return raw
         name = signal.name
 
-        def int64(data: Sequence[int]) -> FieldValue:
+        def int64(data: Sequence[int], at: int) -> FieldValue:
             # InfluxDB integers are signed 64-bit; meters answer 0xFFFF… for "not available".
-            value = int(raw(data))
+            value = int(raw(data, at))
             if value > _INT64_MAX:
                 raise DecodeError(f"{name}: {value} does not fit InfluxDB's 64-bit integers")
             return value
@@ -74,8 +76,8 @@ def compile_decoder(signal: Signal) -> Decoder:
         return int64
     scale, offset, name = signal.scale, signal.offset, signal.name
 
-    def scaled(data: Sequence[int]) -> FieldValue:
-        result = raw(data) * scale + offset
+    def scaled(data: Sequence[int], at: int) -> FieldValue:
+        result = raw(data, at) * scale + offset
         if not math.isfinite(result):
             raise DecodeError(f"{name}: {result} cannot be stored")
         return float(result)
@@ -85,17 +87,17 @@ def compile_decoder(signal: Signal) -> Decoder:
 
 def _raw_decoder(
     kind: str, count: int, byte_order: str, word_order: str
-) -> Callable[[Sequence[int]], int | float]:
+) -> Callable[[Sequence[int], int], int | float]:
     if kind == "uint16" and byte_order == "big":
-        return lambda data: data[0]
+        return lambda data, at: data[at]
     if kind == "int16" and byte_order == "big":
-        return lambda data: data[0] - 0x10000 if data[0] & 0x8000 else data[0]
+        return lambda data, at: data[at] - 0x10000 if data[at] & 0x8000 else data[at]
     # Packing the registers little-endian swaps the two bytes of each: that is the byte order.
     words = struct.Struct(f"{'>' if byte_order == 'big' else '<'}{count}H")
     value = struct.Struct(">" + _STRUCT[kind])
     if word_order == "little":
-        return lambda data: value.unpack(words.pack(*reversed(data)))[0]
-    return lambda data: value.unpack(words.pack(*data))[0]
+        return lambda data, at: value.unpack(words.pack(*reversed(data[at : at + count])))[0]
+    return lambda data, at: value.unpack(words.pack(*data[at : at + count]))[0]
 
 
 def decode_signal(
@@ -103,4 +105,4 @@ def decode_signal(
 ) -> FieldValue:
     """Decode one signal from exactly its registers (or its one bit for coils/discretes)."""
     data: Sequence[int] = bits if signal.wire_table in ("coil", "discrete") else registers
-    return compile_decoder(signal)(data)
+    return compile_decoder(signal)(data, 0)

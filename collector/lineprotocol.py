@@ -20,6 +20,11 @@ _MEASUREMENT_SPECIAL = ", "  # comma and space
 _NAME_SPECIAL = ", ="  # tag keys, tag values and field keys
 
 
+# Field keys are the config's signal names, a bounded set met in every point: a dict lookup is
+# the cheapest way past escaping them each time.
+_FIELD_KEYS: dict[str, str] = {}
+
+
 class InvalidPointError(ValueError):
     """A point that can never be written: a name InfluxDB cannot hold, or no storable field left."""
 
@@ -74,7 +79,10 @@ def encode_point(point: Point) -> str:
             text = _value(point, value)
         if key == "":
             raise InvalidPointError(point, "a field key is empty")
-        fields.append(f"{_escape(point, 'field key', key, _NAME_SPECIAL)}={text}")
+        escaped = _FIELD_KEYS.get(key)
+        if escaped is None:
+            escaped = _FIELD_KEYS[key] = _escape(point, "field key", key, _NAME_SPECIAL)
+        fields.append(f"{escaped}={text}")
     if not fields:
         raise InvalidPointError(point, "no field left to store (NaN and ±inf cannot be stored)")
     if isinstance(point.time_ms, bool) or not isinstance(point.time_ms, int):

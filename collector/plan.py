@@ -21,15 +21,15 @@ class ReadRequest:
     address: int
     count: int
     signals: tuple[Signal, ...]
-    # (signal, first index in the answer, one past the last, its compiled decoder)
-    layout: tuple[tuple[Signal, int, int, Decoder], ...] = field(init=False, compare=False)
+    # (field name, index of the signal's first value in the answer, its compiled decoder)
+    layout: tuple[tuple[str, int, Decoder], ...] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        layout = []
-        for signal in self.signals:
-            start = signal.wire_address - self.address
-            layout.append((signal, start, start + signal.register_count, compile_decoder(signal)))
-        object.__setattr__(self, "layout", tuple(layout))
+        layout = tuple(
+            (signal.name, signal.wire_address - self.address, compile_decoder(signal))
+            for signal in self.signals
+        )
+        object.__setattr__(self, "layout", layout)
 
 
 def coalesce_reads(device: ModbusDevice) -> list[ReadRequest]:

@@ -315,9 +315,9 @@ class ModbusConnection:
         data: list[Any] = (
             response.bits if request.table in ("coil", "discrete") else response.registers
         )
-        for signal, start, end, decode in request.layout:
+        for name, at, decode in request.layout:
             try:
-                values[signal.name] = decode(data[start:end])
+                values[name] = decode(data, at)
             except (DecodeError, ValueError):
                 polled.health.decode_errors += 1
 
