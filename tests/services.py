@@ -1,20 +1,23 @@
-"""Real services for tests, started on free loopback ports: InfluxDB 1.x (Debian's `influxd`)."""
+"""Real services for tests, started on free loopback ports: InfluxDB 1.x (Debian's `influxd`) and
+Mosquitto (Debian's `mosquitto`)."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
-__all__ = ["InfluxDB", "ServiceError", "free_port", "quote_ident"]
+__all__ = ["InfluxDB", "Mosquitto", "ServiceError", "free_port", "quote_ident"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -65,85 +68,52 @@ bind-address = "127.0.0.1:{rpc_port}"
 """
 
 
-class InfluxDB:
-    """One `influxd` on free loopback ports with its data under `root`; survives stop()/start().
+class _Service:
+    """A server process of the tests' own: data and log under `root`, its own process group,
+    stopped with the tests even when pytest is killed; stop() and start() again keep its data."""
 
-    With `auth=True`, an admin user `admin` / `admin-password` is created at first start.
-    """
+    name = "service"
 
-    ADMIN_USER = "admin"
-    ADMIN_PASSWORD = "admin-password"
-
-    def __init__(self, root: Path, *, auth: bool = False, executable: str = "influxd") -> None:
-        found = shutil.which(executable)
+    def __init__(self, root: Path, executable: str, missing_hint: str) -> None:
+        found = shutil.which(executable) or shutil.which(executable, path="/usr/sbin:/sbin")
         if found is None:
-            raise ServiceError(
-                f"{executable!r} is not on PATH: install InfluxDB 1.x "
-                "(Debian: apt-get install influxdb) to run the integration tests"
-            )
+            raise ServiceError(f"{executable!r} is not on PATH: {missing_hint}")
         self.executable = found
         self.root = root
-        self.auth = auth
-        self.http_port = free_port()
-        self.rpc_port = free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.log_path = root / "influxd.log"
+        self.log_path = root / f"{self.name}.log"
         self._process: subprocess.Popen[bytes] | None = None
-        self._admin_created = False
 
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self, timeout: float = 30.0) -> None:
-        if self.running:
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        config = self.root / "influxdb.conf"
-        config.write_text(
-            _CONFIG.format(
-                root=self.root,
-                rpc_port=self.rpc_port,
-                http_port=self.http_port,
-                auth="true" if self.auth else "false",
-            )
-        )
+    def _spawn(self, argv: list[str]) -> None:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [self.executable, "-config", str(config)],
+                [self.executable, *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
                 # Its own process group: a Ctrl-C meant for the demo or pytest reaches the parent,
-                # which stops influxd last, after what writes to it has flushed.
+                # which stops the services last, after what writes to them has flushed.
                 start_new_session=True,
             )
-        self._wait_ready(timeout)
-        if self.auth and not self._admin_created:
-            # With auth on, InfluxDB 1.x lets the very first admin user be created anonymously.
-            self.query(
-                f"CREATE USER {self.ADMIN_USER} WITH PASSWORD '{self.ADMIN_PASSWORD}' "
-                "WITH ALL PRIVILEGES",
-                method="POST",
-                auth=False,
-            )
-            self._admin_created = True
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, ready: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
                 raise ServiceError(
-                    f"influxd exited with {self._process.returncode} at start:\n{self.log_tail()}"
+                    f"{self.name} exited with {self._process.returncode} at start:\n"
+                    f"{self.log_tail()}"
                 )
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/ping", timeout=1.0).status_code == 204:
-                    return
+            if ready():
+                return
             time.sleep(0.05)
         self.stop()
-        raise ServiceError(f"influxd did not answer /ping within {timeout} s:\n{self.log_tail()}")
+        raise ServiceError(f"{self.name} was not ready within {timeout} s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None
@@ -161,6 +131,67 @@ class InfluxDB:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 30.0) -> None:
+        raise NotImplementedError
+
+
+class InfluxDB(_Service):
+    """One `influxd` on free loopback ports with its data under `root`; survives stop()/start().
+
+    With `auth=True`, an admin user `admin` / `admin-password` is created at first start.
+    """
+
+    name = "influxd"
+    ADMIN_USER = "admin"
+    ADMIN_PASSWORD = "admin-password"
+
+    def __init__(self, root: Path, *, auth: bool = False, executable: str = "influxd") -> None:
+        super().__init__(
+            root, executable, "install InfluxDB 1.x (Debian: apt-get install influxdb)"
+        )
+        self.auth = auth
+        self.http_port = free_port()
+        self.rpc_port = free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self._admin_created = False
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.running:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "influxdb.conf"
+        config.write_text(
+            _CONFIG.format(
+                root=self.root,
+                rpc_port=self.rpc_port,
+                http_port=self.http_port,
+                auth="true" if self.auth else "false",
+            )
+        )
+        self._spawn(["-config", str(config)])
+        self._wait_ready(self._pings, timeout)
+        if self.auth and not self._admin_created:
+            # With auth on, InfluxDB 1.x lets the very first admin user be created anonymously.
+            self.query(
+                f"CREATE USER {self.ADMIN_USER} WITH PASSWORD '{self.ADMIN_PASSWORD}' "
+                "WITH ALL PRIVILEGES",
+                method="POST",
+                auth=False,
+            )
+            self._admin_created = True
+
+    def _pings(self) -> bool:
+        with contextlib.suppress(httpx.TransportError):
+            return httpx.get(f"{self.url}/ping", timeout=1.0).status_code == 204
+        return False
 
     def query(
         self, q: str, *, database: str | None = None, method: str = "GET", auth: bool = True
@@ -192,12 +223,43 @@ class InfluxDB:
     def create_database(self, name: str) -> None:
         self.query(f'CREATE DATABASE "{name}"', method="POST")
 
-    def __enter__(self) -> InfluxDB:
-        self.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+class Mosquitto(_Service):
+    """One `mosquitto` on a free loopback port, persistence under `root` (so QoS 1 sessions and
+    their queued messages survive stop()/start())."""
+
+    name = "mosquitto"
+
+    def __init__(self, root: Path, *, executable: str = "mosquitto") -> None:
+        super().__init__(root, executable, "install Mosquitto (Debian: apt-get install mosquitto)")
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.running:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.root}/",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "max_queued_messages 100000",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # or it drops to `mosquitto`, who cannot write in root's tmp
+        config.write_text("\n".join(lines) + "\n")
+        self._spawn(["-c", str(config)])
+        self._wait_ready(self._accepts, timeout)
+
+    def _accepts(self) -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
 
 
 def quote_ident(name: str) -> str:
