@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -25,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from collector.topics import AVAILABILITY_KINDS, filters_overlap, to_filter, topic_layout
+
 __all__ = [
     "ENV_OVERRIDES",
     "REGISTER_COUNT",
@@ -34,6 +37,10 @@ __all__ = [
     "InfluxDBConfig",
     "Machine",
     "ModbusDevice",
+    "MqttConfig",
+    "MqttSignal",
+    "MqttSubscription",
+    "MqttTLS",
     "Sector",
     "Signal",
     "config_warnings",
@@ -82,8 +89,15 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "AGUANTE_INFLUXDB_USERNAME": ("influxdb", "username"),
     "AGUANTE_INFLUXDB_PASSWORD": ("influxdb", "password"),
     "AGUANTE_INFLUXDB_TOKEN": ("influxdb", "token"),
+    "AGUANTE_MQTT_URL": ("mqtt", "url"),
+    "AGUANTE_MQTT_USERNAME": ("mqtt", "username"),
+    "AGUANTE_MQTT_PASSWORD": ("mqtt", "password"),
 }
-_SECRETS = {"password": "AGUANTE_INFLUXDB_PASSWORD", "token": "AGUANTE_INFLUXDB_TOKEN"}
+# Settings that only the environment may give: section → key → variable.
+_SECRETS = {
+    "influxdb": {"password": "AGUANTE_INFLUXDB_PASSWORD", "token": "AGUANTE_INFLUXDB_TOKEN"},
+    "mqtt": {"password": "AGUANTE_MQTT_PASSWORD"},
+}
 
 
 class _FieldProblem(ValueError):
@@ -376,6 +390,156 @@ def _check_overlaps(signals: list[Signal]) -> None:
             taken[key] = (signal.name, signal.bit)
 
 
+PayloadFormat = Literal["plain", "json", "tasmota", "esphome", "shelly", "sparkplug"]
+
+
+class MqttSignal(_Model):
+    """One value of a machine taken from MQTT messages."""
+
+    name: Name = Field(description="The InfluxDB field name; keeps one type forever.")
+    path: str | None = Field(
+        None,
+        description="Where the value is in the message: a JSON path (ENERGY.Power, "
+        "sensors[0].temp), an ESPHome sensor id, a Shelly component.field (switch:0.apower), a "
+        "Sparkplug metric name. Defaults to the signal's name.",
+    )
+    type: Literal["float", "int", "bool", "string"] = "float"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSignal:
+        if self.type in ("bool", "string") and (self.scale != 1.0 or self.offset != 0.0):
+            raise _FieldProblem("scale", f"scale and offset do not apply to type {self.type}")
+        if self.scale == 0:
+            raise _FieldProblem("scale", "0 would turn every value into the offset")
+        return self
+
+    @property
+    def selector(self) -> str:
+        return self.path if self.path is not None else self.name
+
+    @property
+    def field_kind(self) -> Literal["bool", "int", "float", "str"]:
+        if self.type == "bool":
+            return "bool"
+        if self.type == "string":
+            return "str"
+        if self.type == "float" or self.scale != 1.0 or self.offset != 0.0:
+            return "float"
+        return "int"
+
+
+class MqttSubscription(_Model):
+    """Messages of one board (or, with a {machine} placeholder, of many alike) and their signals.
+
+    `topic` by format: plain and json — the whole topic (MQTT wildcards + and # allowed);
+    tasmota — the device topic (tele/<topic>/SENSOR, STATE, LWT); esphome — the node's topic
+    prefix (<prefix>/sensor/<id>/state, binary_sensor, status); shelly — the device prefix
+    (<prefix>/status/<component>, <prefix>/online); sparkplug — group/edge_node[/device].
+    `{machine}` stands for one topic level holding a machine id; with format plain, `{signal}`
+    for one level holding a signal's path.
+    """
+
+    topic: str = Field(min_length=1)
+    format: PayloadFormat = "json"
+    machine: Name | None = Field(None, description="Implied inside a machine's `mqtt:` list.")
+    signals: list[MqttSignal] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSubscription:
+        problem = _topic_problem(self.topic, self.format)
+        if problem:
+            raise _FieldProblem("topic", problem)
+        names: set[str] = set()
+        for index, signal in enumerate(self.signals):
+            if signal.name in names:
+                raise _FieldProblem(f"signals[{index}].name", f"{signal.name!r} is used twice")
+            names.add(signal.name)
+        if self.format in ("plain",) and "{signal}" not in self.topic and len(self.signals) > 1:
+            raise _FieldProblem(
+                "signals",
+                "a plain payload is one value: give one signal, or put {signal} in the topic",
+            )
+        return self
+
+
+def _topic_problem(topic: str, payload_format: str) -> str | None:
+    levels = topic.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return f"{topic!r}: '#' must be a whole level, and the last"
+        if "+" in level and level != "+":
+            return f"{topic!r}: '+' must be a whole level"
+        if "{" in level or "}" in level:
+            if level not in ("{machine}", "{signal}"):
+                return f"{topic!r}: a placeholder is a whole level, {{machine}} or {{signal}}"
+            if level == "{signal}" and payload_format != "plain":
+                return f"{topic!r}: {{signal}} is only for format plain"
+    if topic.count("{machine}") > 1 or topic.count("{signal}") > 1:
+        return f"{topic!r}: each placeholder at most once"
+    if payload_format not in ("plain", "json") and ("+" in levels or "#" in levels):
+        return f"{topic!r}: format {payload_format} builds its topics from this; no + or #"
+    if payload_format == "sparkplug" and len(levels) not in (2, 3):
+        return f"{topic!r}: for sparkplug write group/edge_node or group/edge_node/device"
+    return None
+
+
+class MqttTLS(_Model):
+    """TLS for brokers that require it; files are PEM."""
+
+    ca_file: str | None = Field(None, description="CA to trust; the system's when left out.")
+    cert_file: str | None = Field(None, description="Client certificate, with key_file.")
+    key_file: str | None = None
+    insecure: bool = Field(False, description="Skip the host name check (self-signed LAN box).")
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise _FieldProblem("key_file", "cert_file and key_file go together")
+        return self
+
+
+class MqttConfig(_Model):
+    """The MQTT broker the add-on sensors publish to, and subscriptions for many machines."""
+
+    url: str = Field(
+        "mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts:// (TLS). AGUANTE_MQTT_URL."
+    )
+    client_id: str | None = Field(
+        None,
+        description="Stable, so the broker keeps the session while the collector is away. "
+        "Default aguante-<factory>.",
+    )
+    username: str | None = Field(None, description="Also AGUANTE_MQTT_USERNAME.")
+    password: str | None = Field(None, description="Only from AGUANTE_MQTT_PASSWORD.")
+    tls: MqttTLS | None = None
+    qos: Literal[0, 1, 2] = 1
+    keepalive: int = Field(30, ge=5, le=3600)
+    max_payload: int = Field(65536, ge=64, le=16 * 1024 * 1024, description="Bytes.")
+    subscriptions: list[MqttSubscription] = Field(default_factory=list)
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, url: str) -> str:
+        if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", url):
+            raise ValueError(f"{url!r} is not an MQTT URL, e.g. mqtt://127.0.0.1:1883")
+        return url.rstrip("/")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.url.startswith("mqtts") else 1883)
+
+    @property
+    def use_tls(self) -> bool:
+        return self.url.startswith("mqtts://") or self.tls is not None
+
+
 class Machine(_Model):
     """A machine on the floor, its sector and where its signals come from."""
 
@@ -383,6 +547,23 @@ class Machine(_Model):
     name: str | None = None
     sector: Name
     modbus: ModbusDevice | None = None
+    mqtt: list[MqttSubscription] = Field(
+        default_factory=list, description="The machine's add-on boards publishing over MQTT."
+    )
+
+    @model_validator(mode="after")
+    def _own_topics(self) -> Machine:
+        for index, subscription in enumerate(self.mqtt):
+            if subscription.machine not in (None, self.id):
+                raise _FieldProblem(
+                    f"mqtt[{index}].machine", f"{subscription.machine!r} inside machine {self.id!r}"
+                )
+            if "{machine}" in subscription.topic:
+                raise _FieldProblem(
+                    f"mqtt[{index}].topic",
+                    "{machine} is for mqtt.subscriptions; here the machine is known",
+                )
+        return self
 
 
 class Config(_Model):
@@ -391,6 +572,7 @@ class Config(_Model):
     factory: Name
     timezone: str = "America/Argentina/Buenos_Aires"
     influxdb: InfluxDBConfig = InfluxDBConfig()
+    mqtt: MqttConfig = MqttConfig()
     stats_interval: float = Field(
         10.0, gt=0, le=3600, description="Seconds between points of the collector measurement."
     )
@@ -420,6 +602,7 @@ class Config(_Model):
                     f"{machine.sector!r} is not among the sectors ({', '.join(sector_ids)})",
                 )
         _check_field_types(self.machines)
+        _check_subscriptions(self, [m.id for m in self.machines])
         serial: dict[str, tuple[str, tuple[object, ...]]] = {}
         for index, machine in enumerate(self.machines):
             device = machine.modbus
@@ -442,24 +625,76 @@ class Config(_Model):
 _KIND_NAMES = {"int": "integer", "float": "float", "bool": "boolean", "str": "string"}
 
 
+def _signals_of(machine: Machine, m_index: int) -> list[tuple[str, Signal | MqttSignal]]:
+    """(config path, signal) of every signal a machine's own sources give."""
+    found: list[tuple[str, Signal | MqttSignal]] = []
+    if machine.modbus is not None:
+        found += [
+            (f"machines[{m_index}].modbus.signals[{i}]", s)
+            for i, s in enumerate(machine.modbus.signals)
+        ]
+    for b_index, board in enumerate(machine.mqtt):
+        found += [
+            (f"machines[{m_index}].mqtt[{b_index}].signals[{i}]", s)
+            for i, s in enumerate(board.signals)
+        ]
+    return found
+
+
 def _check_field_types(machines: list[Machine]) -> None:
     # InfluxDB keeps one type per field name in a measurement, whichever series writes it: a
     # `pressure` stored as integer on one machine and as float on another loses the second.
     first: dict[str, tuple[str, str]] = {}
     for m_index, machine in enumerate(machines):
-        if machine.modbus is None:
-            continue
-        for s_index, signal in enumerate(machine.modbus.signals):
+        own: set[str] = set()
+        for where, signal in _signals_of(machine, m_index):
+            if signal.name in own:
+                raise _FieldProblem(
+                    f"{where}.name",
+                    f"{signal.name!r} is already a signal of {machine.id!r} from another source",
+                )
+            own.add(signal.name)
             kind = signal.field_kind
             owner, owner_kind = first.setdefault(signal.name, (machine.id, kind))
             if owner_kind != kind:
                 raise _FieldProblem(
-                    f"machines[{m_index}].modbus.signals[{s_index}]",
+                    where,
                     f"{signal.name!r} would be stored as {_KIND_NAMES[kind]} here but as "
                     f"{_KIND_NAMES[owner_kind]} on "
                     f"{owner!r}, and InfluxDB keeps one type per field name; rename one, or "
                     "write `store_as: float` on the integer one",
                 )
+
+
+def _check_subscriptions(config: Config, machine_ids: list[str]) -> None:
+    boards: list[tuple[str, MqttSubscription]] = [
+        (f"machines[{m}].mqtt[{b}]", board)
+        for m, machine in enumerate(config.machines)
+        for b, board in enumerate(machine.mqtt)
+    ]
+    for index, board in enumerate(config.mqtt.subscriptions):
+        where = f"mqtt.subscriptions[{index}]"
+        if board.machine is None and "{machine}" not in board.topic:
+            raise _FieldProblem(
+                f"{where}.machine", "required unless the topic holds a {machine} placeholder"
+            )
+        if board.machine is not None and board.machine not in machine_ids:
+            raise _FieldProblem(f"{where}.machine", f"{board.machine!r} is not a machine id")
+        boards.append((where, board))
+    seen: list[tuple[str, str]] = []
+    for where, board in boards:
+        for kind, template in topic_layout(board.format, board.topic).items():
+            if kind in AVAILABILITY_KINDS:
+                continue
+            mqtt_filter = to_filter(template)
+            for other_where, other_filter in seen:
+                if filters_overlap(mqtt_filter, other_filter):
+                    raise _FieldProblem(
+                        f"{where}.topic",
+                        f"{mqtt_filter} overlaps {other_filter} of {other_where}: one message "
+                        "would be read by both",
+                    )
+            seen.append((where, mqtt_filter))
 
 
 def _unique(ids: list[str], where: str) -> None:
@@ -522,15 +757,17 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
             [ConfigProblem("", "the file must be a mapping with factory, sectors, machines")],
         )
     problems: list[ConfigProblem] = []
-    if data.get("influxdb") is None and "influxdb" in data:
-        data["influxdb"] = {}  # an empty `influxdb:` line means the defaults
-    influx = data.get("influxdb")
-    if isinstance(influx, dict):
-        for key, env_name in _SECRETS.items():
-            if influx.get(key) is not None:
+    for section, secrets in _SECRETS.items():
+        if section in data and data[section] is None:
+            data[section] = {}  # an empty `influxdb:` line means the defaults
+        block = data.get(section)
+        if not isinstance(block, dict):
+            continue
+        for key, env_name in secrets.items():
+            if block.get(key) is not None:
                 problems.append(
                     ConfigProblem(
-                        f"influxdb.{key}",
+                        f"{section}.{key}",
                         "secrets are not read from the config file",
                         f"remove it and set {env_name} in the environment",
                     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.services import InfluxDB, quote_ident
+from tests.services import InfluxDB, Mosquitto, quote_ident
 
 pytest_plugins = ["pytester"]
 
@@ -116,3 +116,17 @@ def _start_or_fail(root: Path, *, auth: bool = False) -> InfluxDB:
     except Exception as exc:
         pytest.fail(f"cannot start InfluxDB for the integration tests: {exc}", pytrace=False)
     return server
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A Mosquitto broker of this test's own on a free port (stop() and start() keep sessions)."""
+    try:
+        broker = Mosquitto(tmp_path / "mosquitto")
+        broker.start()
+    except Exception as exc:
+        pytest.fail(f"cannot start Mosquitto for the integration tests: {exc}", pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()

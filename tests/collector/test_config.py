@@ -83,8 +83,8 @@ def test_all_problems_are_reported_together() -> None:
         "plant.yaml: 2 problem(s)",
         "  machines[0].modbus.signals[0].type: 'int17' is not allowed; expected 'bool', 'int16', "
         "'uint16', 'int32', 'uint32', 'int64', 'uint64', 'float32', 'float64' or 'string'",
-        "  poll: unknown key (hint: known keys: factory, timezone, influxdb, stats_interval, "
-        "sectors, machines)",
+        "  poll: unknown key (hint: known keys: factory, timezone, influxdb, mqtt, "
+        "stats_interval, sectors, machines)",
     ]
 
 
