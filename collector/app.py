@@ -87,6 +87,8 @@ class Collector:
             try:
                 async for reading in source:
                     delivery.submit([self.to_point(reading)])
+                    if reading.ack is not None:
+                        reading.ack()
                 # A source that ends is started again, after the same pause as a failed one.
                 log.warning(
                     "%s: source ended; restarting in %.0f s", source.name, self._restart_delay
@@ -109,26 +111,14 @@ class Collector:
     def _health_points(self) -> list[Point]:
         now = time.time_ns() // 1_000_000
         points = []
+        source_tags = {"factory": self.config.factory, "sector": "_collector"}
         for source in self.sources:
-            for health in source.health():
-                tags = self._tags[health.machine]
-                fields: dict[str, bool | int | float | str] = {
-                    "polls": health.polls,
-                    "good_polls": health.good_polls,
-                    "requests": health.requests,
-                    "errors": health.errors,
-                    "timeouts": health.timeouts,
-                    "exceptions": sum(health.exceptions.values()),
-                    "decode_errors": health.decode_errors,
-                    "bad_answers": health.bad_answers,
-                    "link_errors": health.link_errors,
-                    "latency_ms": health.last_latency_ms,
-                }
-                if health.up is not None:  # unknown before the first poll: no value, not false
-                    fields["up"] = health.up
-                for code, count in sorted(health.exceptions.items()):
-                    fields[f"exception_{code:02d}"] = count
-                points.append(Point(COLLECTOR, tags, fields, now))
+            for record in source.health_records():
+                if record.machine is None:
+                    tags = source_tags | {"machine": f"_{source.kind}"}
+                else:
+                    tags = dict(self._tags[record.machine])
+                points.append(Point(COLLECTOR, tags | dict(record.tags), record.fields, now))
         if self.delivery is not None:
             stats = self.delivery.stats()
             tags = {"factory": self.config.factory, "sector": "_collector", "machine": "_buffer"}

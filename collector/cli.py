@@ -89,8 +89,10 @@ def _check(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     machines = len(config.machines)
-    signals = sum(len(m.modbus.signals) for m in config.machines if m.modbus)
-    print(f"{args.config}: ok — {machines} machines, {signals} signals")
+    modbus = sum(len(m.modbus.signals) for m in config.machines if m.modbus)
+    mqtt = sum(len(b.signals) for m in config.machines for b in m.mqtt)
+    mqtt += sum(len(b.signals) for b in config.mqtt.subscriptions)
+    print(f"{args.config}: ok — {machines} machines, {modbus} Modbus signals, {mqtt} MQTT signals")
     for warning in config_warnings(config):
         print(f"  warning: {warning}", file=sys.stderr)
     return 0

@@ -1,4 +1,5 @@
-"""Modbus devices that behave like a recovered plant's old machines, with faults on demand.
+"""Modbus devices and MQTT retrofit boards that behave like a recovered plant's old machines,
+with faults on demand.
 
 Shares no code with the collector on purpose (DESIGN.md): a shared bug would hide the collector's.
 """

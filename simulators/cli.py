@@ -19,9 +19,10 @@ __all__ = ["print_map", "register", "simulate"]
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
         "simulate",
-        help="serve simulated Modbus machines (no hardware needed)",
+        help="serve simulated Modbus machines and MQTT boards (no hardware needed)",
         description="Serve a scenario's simulated machines over Modbus TCP, RTU-over-TCP and a "
-        "pseudo-terminal RTU line until Ctrl-C.",
+        "pseudo-terminal RTU line, and (with --mqtt) run its retrofit boards publishing to an "
+        "MQTT broker, until Ctrl-C.",
     )
     parser.add_argument(
         "scenario",
@@ -42,7 +43,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         action="append",
         default=[],
         metavar="DEVICE=KIND[:ARG]",
-        help=f"fault at start ({', '.join(FAULT_KINDS)}); DEVICE may be a machine or 'all'",
+        help=f"fault at start ({', '.join(FAULT_KINDS)}); DEVICE may be a machine, a board "
+        "or 'all'",
+    )
+    parser.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="also run the scenario's boards, publishing to this broker (mqtt://host:port)",
+    )
+    parser.add_argument(
+        "--board-period",
+        type=float,
+        metavar="SECONDS",
+        help="simulated seconds between every board's telemetry (default: each board's period)",
     )
     parser.add_argument(
         "--control-port", type=int, help="HTTP control port on 127.0.0.1 (default port base - 1)"
@@ -76,6 +89,8 @@ def simulate(args: argparse.Namespace) -> int:
             start=args.start,
             faults=faults,
             control_port=None if args.list else control_port,
+            mqtt_url=args.mqtt,
+            board_period=args.board_period,
         )
     except (ScenarioError, ValueError, KeyError) as exc:
         print(f"aguante simulate: {exc.args[0] if exc.args else exc}", file=sys.stderr)
@@ -111,7 +126,8 @@ async def _serve(sim: Simulator, control_port: int) -> None:
 
 
 def print_map(sim: Simulator, scenario: Scenario, out: TextIO) -> None:
-    """Each device's endpoint and a one-line summary of every signal of its machines."""
+    """Each device's endpoint and a one-line summary of every signal of its machines, then each
+    board's topics."""
     print(f"scenario {scenario.name} ({scenario.timezone})", file=out)
     for device in scenario.devices:
         endpoint = sim.endpoints[device.name]
@@ -130,3 +146,12 @@ def print_map(sim: Simulator, scenario: Scenario, out: TextIO) -> None:
                 extra += f" scale {s.scale:g}" if s.scale != 1 else ""
                 extra += " rw" if s.writable else ""
                 print(f"    {s.table:8} {s.address:5}  {s.type:7}{extra:18} {s.name}", file=out)
+    if scenario.boards:
+        running = f"publishing to {sim.mqtt_url}" if sim.mqtt_url else "not running: give --mqtt"
+        print(f"\nboards ({running})", file=out)
+    for board in scenario.boards:
+        client = board.client_id or board.name
+        print(f"  {board.name}: {board.firmware} on {board.machine}, client id {client}, "
+              f"every {sim.board_period or board.period:g} s", file=out)  # fmt: skip
+        for topic in sim.board_topics_of(board.name):
+            print(f"    {topic}", file=out)

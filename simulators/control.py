@@ -4,9 +4,11 @@ simulator from a shell, e.g.
 
 Routes (JSON in and out):
   GET    /devices          devices, endpoints, machines, states, faults, request counts
+  GET    /boards           MQTT boards: firmware, machine, topics, online, fault, messages sent
   GET    /faults           {"target": "kind[:arg]"}
-  POST   /faults           {"device": NAME|"all", "kind": KIND, "arg": NUMBER?}
-  DELETE /faults/NAME      clear one device's or machine's fault ("all" clears every fault)
+  POST   /faults           {"device": NAME|"all", "kind": KIND, "arg": NUMBER?} (NAME: a device,
+                           machine or board)
+  DELETE /faults/NAME      clear one device's, machine's or board's fault ("all": every fault)
   POST   /freeze           hold simulated time still
   POST   /unfreeze
   POST   /advance          {"seconds": N}: jump simulated time forward
@@ -95,6 +97,8 @@ class ControlServer:
         sim = self.sim
         if (method, path) == ("GET", "/devices"):
             return sim.describe()
+        if (method, path) == ("GET", "/boards"):
+            return sim.describe_boards()
         if (method, path) == ("GET", "/faults"):
             return {target: fault.describe() for target, fault in sim.faults().items()}
         if (method, path) == ("POST", "/faults"):

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from simulators.encoding import encode
 from simulators.protocol import ILLEGAL_ADDRESS, ModbusError, Table
-from simulators.scenario import WEEKDAYS, Machine, Scenario, Signal, State
+from simulators.scenario import WEEKDAYS, BareMachine, Behaviour, Machine, Scenario, Signal, State
 
 __all__ = ["MachineModel", "Schedule", "SimClock", "unit_random"]
 
@@ -83,11 +83,12 @@ class Schedule:
 
 
 class MachineModel:
-    """One machine as a Modbus slave. States change per whole simulated minute (so counters are
-    exact sums over minutes), drawn per block of minutes from the seed."""
+    """One machine as a Modbus slave (and what its boards see). States change per whole
+    simulated minute (so counters are exact sums over minutes), drawn per block of minutes from
+    the seed. A machine with no PLC has no registers, but the same states and values."""
 
     def __init__(
-        self, machine: Machine, schedule: Schedule, clock: SimClock, seed: int, origin: float
+        self, machine: BareMachine, schedule: Schedule, clock: SimClock, seed: int, origin: float
     ) -> None:
         self.machine = machine
         self.schedule = schedule
@@ -102,7 +103,8 @@ class MachineModel:
         self._cached_at = origin
         self._cached: dict[State, float] = dict.fromkeys(_STATES, 0.0)
         self._spans: dict[Table, list[tuple[int, int, Signal]]] = {}
-        for signal in machine.signals:
+        self.signals: list[Signal] = machine.signals if isinstance(machine, Machine) else []
+        for signal in self.signals:
             self._spans.setdefault(signal.table, []).append(
                 (signal.address, signal.address + signal.width, signal)
             )
@@ -135,7 +137,10 @@ class MachineModel:
 
     def value(self, signal: Signal, t: float) -> float | int | str | bool:
         """The engineering value of a signal at simulated time `t`."""
-        rule = signal.value
+        return self.follow(signal.name, signal.value, t)
+
+    def follow(self, name: str, rule: Behaviour, t: float) -> float | int | str | bool:
+        """What a value following `rule` is at simulated time `t` (`name` seeds its noise)."""
         if rule.constant is not None:
             return rule.constant
         state = self.state_at(t)
@@ -147,7 +152,7 @@ class MachineModel:
         assert rule.level is not None
         run_hours = self.seconds_by_state(t)["running"] / 3600
         wear = min(rule.wear * run_hours, rule.wear_max) if rule.wear else 0.0
-        noise = rule.noise * (2 * unit_random(self.seed, self.machine.id, signal.name, int(t)) - 1)
+        noise = rule.noise * (2 * unit_random(self.seed, self.machine.id, name, int(t)) - 1)
         return rule.level.get(state, 0.0) + wear + noise
 
     def registers(self, signal: Signal, t: float) -> list[int]:
@@ -200,5 +205,6 @@ class MachineModel:
             self.writes[(table, address + i)] = value
 
     def _check_range(self, table: Table, address: int, count: int) -> None:
-        if address + count > self.machine.size(table):
+        size = self.machine.size(table) if isinstance(self.machine, Machine) else 0
+        if address + count > size:
             raise ModbusError(ILLEGAL_ADDRESS)

@@ -7,9 +7,10 @@ A scenario is YAML validated by the pydantic models below; `load_scenario` turns
 from __future__ import annotations
 
 import datetime as dt
+import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -18,7 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from simulators.encoding import ByteOrder, ValueType, register_count
 
 __all__ = [
+    "BOARD_FIRMWARES",
+    "BareMachine",
     "Behaviour",
+    "Board",
+    "BoardValue",
     "Break",
     "Device",
     "Machine",
@@ -37,6 +42,15 @@ Transport = Literal["tcp", "rtu-over-tcp", "rtu"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 BIT_TABLES = ("coil", "discrete")
+Firmware = Literal["tasmota", "esphome", "shelly", "json", "plain", "sparkplug"]
+BOARD_FIRMWARES: tuple[Firmware, ...] = get_args(Firmware)
+BoardValueType = Literal["float", "float32", "int", "bool", "string"]
+# Metering boards publish fixed quantities; their values are named after them.
+_METERING: dict[str, tuple[set[str], set[str]]] = {  # firmware: (required, optional)
+    "tasmota": ({"power", "voltage", "factor", "total"}, {"relay"}),
+    "shelly": ({"apower", "voltage", "energy"}, {"output", "temperature"}),
+}
+_JSON_PATH = re.compile(r"^[A-Za-z_][\w-]*(\[\d+\])*(\.[A-Za-z_][\w-]*(\[\d+\])*)*$")
 
 
 class ScenarioError(ValueError):
@@ -157,12 +171,12 @@ class Signal(_Model):
         return 1 if self.table in BIT_TABLES else register_count(self.type, self.count or 0)
 
 
-class Machine(_Model):
-    """One old machine behind one Modbus unit id, with its own seeded run/idle/fault pattern."""
+class BareMachine(_Model):
+    """A machine with no PLC, seen only through its add-on boards; it still runs, idles and
+    breaks down with its own seeded pattern."""
 
     id: str
     kind: str
-    unit: Annotated[int, Field(ge=1, le=247)]
     # Relative weights of what the machine does during a shift, drawn per block of minutes.
     states: dict[Literal["running", "idle", "fault"], Annotated[float, Field(ge=0)]] = {
         "running": 0.75,
@@ -170,6 +184,18 @@ class Machine(_Model):
         "fault": 0.05,
     }
     block_minutes: Annotated[int, Field(ge=1)] = 10
+
+    @model_validator(mode="after")
+    def _some_state(self) -> BareMachine:
+        if sum(self.states.values()) <= 0:
+            raise ValueError(f"{self.id}: 'states' weights must not all be 0")
+        return self
+
+
+class Machine(BareMachine):
+    """One old machine behind one Modbus unit id, with its own seeded run/idle/fault pattern."""
+
+    unit: Annotated[int, Field(ge=1, le=247)]
     # Size of each table's address space; reads past it get exception 02. Default: up to the
     # last mapped address.
     sizes: dict[Table, Annotated[int, Field(ge=0, le=65536)]] = {}
@@ -177,8 +203,6 @@ class Machine(_Model):
 
     @model_validator(mode="after")
     def _map_is_consistent(self) -> Machine:
-        if sum(self.states.values()) <= 0:
-            raise ValueError(f"{self.id}: 'states' weights must not all be 0")
         names: set[str] = set()
         used: dict[tuple[str, int], Signal] = {}
         for signal in self.signals:
@@ -208,6 +232,88 @@ class Machine(_Model):
             return self.sizes[table]
         ends = [s.address + s.width for s in self.signals if s.table == table]
         return max(ends, default=0)
+
+
+class BoardValue(_Model):
+    """One value a board publishes, following its machine like a register signal does.
+
+    `name` by firmware: tasmota — power, voltage, factor, total (kWh), relay; shelly — apower,
+    voltage, energy (Wh), output, temperature; esphome — the sensor id (a bool is a
+    binary_sensor); json — a path in the message (`sensors[0].temp`); plain — the last topic
+    level; sparkplug — the metric name (`Booth/Temperature`).
+    """
+
+    name: str = Field(min_length=1)
+    type: BoardValueType | None = None  # default: bool for `state`, string for text, else float
+    decimals: Annotated[int, Field(ge=0, le=6)] = 2
+    value: Behaviour
+
+    @property
+    def kind(self) -> BoardValueType:
+        if self.type is not None:
+            return self.type
+        if self.value.state is not None:
+            return "bool"
+        return "string" if isinstance(self.value.constant, str) else "float"
+
+    @model_validator(mode="after")
+    def _type_fits(self) -> BoardValue:
+        if self.type == "bool" and self.value.state is None and self.value.constant is None:
+            raise ValueError(f"{self.name}: a bool value follows 'state' or is a 'constant'")
+        if self.type == "string" and not isinstance(self.value.constant, str):
+            raise ValueError(f"{self.name}: a string value needs 'value: {{constant: <text>}}'")
+        if self.value.state is not None and self.kind != "bool":
+            raise ValueError(f"{self.name}: a value following 'state' is a bool")
+        return self
+
+
+class Board(_Model):
+    """A retrofit board on a machine, publishing over MQTT as its firmware does.
+
+    `topic` by firmware: tasmota — the device topic (tele/<topic>/SENSOR); esphome — the node's
+    topic prefix; shelly — the device prefix; json — the whole topic; plain — the prefix each
+    value's name is appended to; sparkplug — group/edge_node/device.
+    """
+
+    name: str = Field(min_length=1)
+    firmware: Firmware
+    machine: str
+    topic: str = Field(min_length=1)
+    client_id: str | None = None  # default: the board's name
+    period: Annotated[float, Field(gt=0)] = 10.0  # simulated seconds between telemetry
+    values: list[BoardValue] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _fits_its_firmware(self) -> Board:
+        name, firmware = self.name, self.firmware
+        levels = self.topic.split("/")
+        if any(c in self.topic for c in "+#") or "" in levels:
+            raise ValueError(f"{name}: topic {self.topic!r} must be a plain topic (no + # //)")
+        if firmware == "sparkplug" and len(levels) != 3:
+            raise ValueError(f"{name}: a sparkplug topic is group/edge_node/device")
+        if firmware == "tasmota" and len(levels) != 1:
+            raise ValueError(f"{name}: a tasmota topic is one level (tele/<topic>/SENSOR)")
+        names = [v.name for v in self.values]
+        if len(names) != len(set(names)):
+            raise ValueError(f"{name}: a value name is used twice ({sorted(names)})")
+        if firmware in _METERING:
+            required, optional = _METERING[firmware]
+            missing = sorted(required - set(names))
+            unknown = sorted(set(names) - required - optional)
+            if missing or unknown:
+                raise ValueError(
+                    f"{name}: a {firmware} board meters {', '.join(sorted(required))} "
+                    f"(and optionally {', '.join(sorted(optional))}); "
+                    + (f"missing {', '.join(missing)}" if missing else "")
+                    + ("; " if missing and unknown else "")
+                    + (f"unknown {', '.join(unknown)}" if unknown else "")
+                )
+        for value in self.values:
+            if firmware == "json" and not _JSON_PATH.match(value.name):
+                raise ValueError(f"{name}: {value.name!r} is not a path like sensors[0].temp")
+            if firmware in ("plain", "esphome") and not re.match(r"^[\w-]+$", value.name):
+                raise ValueError(f"{name}: {value.name!r} must be one topic level ([A-Za-z0-9_-])")
+        return self
 
 
 class Device(_Model):
@@ -243,7 +349,9 @@ class Scenario(_Model):
     start: dt.datetime | None = None
     shifts: list[Shift] = []  # none: machines never stop for the clock
     breaks: list[Break] = []
-    devices: list[Device]
+    devices: list[Device] = []
+    machines: list[BareMachine] = []  # machines with no PLC, seen only through boards
+    boards: list[Board] = []
 
     @field_validator("timezone")
     @classmethod
@@ -256,8 +364,9 @@ class Scenario(_Model):
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> Scenario:
-        # Device and machine names share one namespace because faults target either.
-        names = [d.name for d in self.devices] + [m.id for d in self.devices for m in d.machines]
+        # Device, machine and board names share one namespace because faults target any.
+        machines = [m.id for d in self.devices for m in d.machines] + [m.id for m in self.machines]
+        names = [d.name for d in self.devices] + machines + [b.name for b in self.boards]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"device/machine names used twice: {', '.join(duplicates)}")
@@ -266,7 +375,22 @@ class Scenario(_Model):
         offsets = [d.offset for d in self.devices if d.offset is not None]
         if len(offsets) != len(set(offsets)):
             raise ValueError(f"two devices share a port offset ({sorted(offsets)})")
+        if not self.devices and not self.boards:
+            raise ValueError("no devices and no boards: nothing to simulate")
+        for board in self.boards:
+            if board.machine not in machines:
+                known = ", ".join(machines)
+                raise ValueError(f"board {board.name}: no machine {board.machine!r} ({known})")
+        watched = {b.machine for b in self.boards}
+        for machine in self.machines:
+            if machine.id not in watched:
+                raise ValueError(f"machine {machine.id} has no PLC and no board: give it a board")
         return self
+
+    def machine(self, machine_id: str) -> BareMachine:
+        """A machine by id, with a PLC or not."""
+        every = [m for d in self.devices for m in d.machines] + list(self.machines)
+        return next(m for m in every if m.id == machine_id)
 
     @property
     def zone(self) -> ZoneInfo:

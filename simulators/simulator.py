@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, get_args
 
+from simulators.boards import LiveBoard, firmware_for
 from simulators.control import ControlServer
 from simulators.floor import MachineModel, Schedule, SimClock
 from simulators.protocol import GATEWAY_TARGET_FAILED, exception_pdu, handle_pdu
@@ -18,7 +20,9 @@ from simulators.scenario import Device, Scenario, State, Table, Transport
 from simulators.transports import PtyServer, Reply, TcpServer
 
 __all__ = [
+    "BOARD_FAULT_KINDS",
     "FAULT_KINDS",
+    "MODBUS_FAULT_KINDS",
     "Endpoint",
     "Fault",
     "FaultKind",
@@ -27,15 +31,17 @@ __all__ = [
     "run_scenario",
 ]
 
-FaultKind = Literal["timeout", "exception", "drop", "slow", "garbage"]
+FaultKind = Literal["timeout", "exception", "drop", "slow", "garbage", "malformed", "burst"]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
+MODBUS_FAULT_KINDS: tuple[FaultKind, ...] = ("timeout", "exception", "drop", "slow", "garbage")
+BOARD_FAULT_KINDS: tuple[FaultKind, ...] = ("drop", "malformed", "burst")
 _DEFAULT_ARG: dict[FaultKind, float | None] = {
-    "timeout": None,
     "exception": 4,  # server device failure
-    "drop": None,
     "slow": 2.0,  # seconds
-    "garbage": None,
+    "malformed": None,  # messages to spoil; none: until cleared
+    "burst": 100,  # messages
 }
+_MQTT_URL = re.compile(r"^mqtt://(?P<host>[^/\s:]+)(:(?P<port>\d+))?/?$")
 
 
 class Endpoint(NamedTuple):
@@ -48,8 +54,9 @@ class Endpoint(NamedTuple):
 
 @dataclass(frozen=True)
 class Fault:
-    """A fault on a device, a machine (one unit id) or `all`; `arg` is the exception code for
-    `exception` and the delay in seconds for `slow`."""
+    """A fault on a device, a machine (one unit id), a board or `all`; `arg` is the exception
+    code for `exception`, the delay in seconds for `slow`, the number of messages for `burst`
+    and (optionally) for `malformed`."""
 
     kind: FaultKind
     arg: float | None = None
@@ -60,8 +67,8 @@ class Fault:
             raise ValueError(f"unknown fault kind {kind!r}: use one of {', '.join(FAULT_KINDS)}")
         fault_kind: FaultKind = kind
         if arg is None or arg == "":
-            return cls(fault_kind, _DEFAULT_ARG[fault_kind])
-        if _DEFAULT_ARG[fault_kind] is None:
+            return cls(fault_kind, _DEFAULT_ARG.get(fault_kind))
+        if fault_kind not in _DEFAULT_ARG:
             raise ValueError(f"fault {kind!r} takes no argument (got {arg!r})")
         try:
             number = float(arg)
@@ -71,12 +78,15 @@ class Fault:
             raise ValueError(f"fault 'exception': code must be an integer 1..127, got {arg!r}")
         if kind == "slow" and not 0 <= number <= 3600:
             raise ValueError(f"fault 'slow': delay must be 0..3600 seconds, got {arg!r}")
+        if kind in ("malformed", "burst") and not (number.is_integer() and 1 <= number <= 100_000):
+            raise ValueError(f"fault {kind!r}: a number of messages 1..100000, got {arg!r}")
         return cls(fault_kind, number)
 
     def describe(self) -> str:
         if self.arg is None:
             return self.kind
-        return f"{self.kind}:{int(self.arg) if self.kind == 'exception' else self.arg:g}"
+        whole = self.kind in ("exception", "malformed", "burst")
+        return f"{self.kind}:{int(self.arg) if whole else self.arg:g}"
 
 
 def parse_fault(text: str) -> tuple[str, Fault]:
@@ -134,6 +144,8 @@ class Simulator:
         faults: Iterable[str | tuple[str, Fault]] = (),
         control_port: int | None = None,
         frozen: bool = False,
+        mqtt_url: str | None = None,
+        board_period: float | None = None,
     ) -> None:
         self.scenario = scenario
         self.host = host
@@ -150,6 +162,9 @@ class Simulator:
         schedule = Schedule(scenario)
         self._devices: dict[str, _LiveDevice] = {}
         self._machines: dict[str, tuple[str, MachineModel]] = {}
+        self._bare: dict[str, MachineModel] = {
+            m.id: MachineModel(m, schedule, self.clock, seed, origin) for m in scenario.machines
+        }
         self.endpoints: dict[str, Endpoint] = {}
         for device in scenario.devices:
             models = {
@@ -167,6 +182,18 @@ class Simulator:
                 if not 0 < port < 65536:
                     raise ValueError(f"{device.name}: port {port} out of range (port base?)")
                 self.endpoints[device.name] = Endpoint(device.transport, host, port)
+        self.mqtt_url = mqtt_url
+        self._broker: tuple[str, int] | None = None
+        if mqtt_url is not None:
+            found = _MQTT_URL.match(mqtt_url)
+            if found is None:
+                raise ValueError(f"MQTT URL {mqtt_url!r}: expected mqtt://host:port")
+            self._broker = (found["host"], int(found["port"] or 1883))
+        if board_period is not None and board_period <= 0:
+            raise ValueError(f"board period must be > 0 seconds, got {board_period}")
+        self.board_period = board_period
+        self._boards: dict[str, LiveBoard] = {}
+        self._board_specs = {b.name: b for b in scenario.boards}
         self._faults: dict[str, Fault] = {}
         self._initial_faults = [parse_fault(f) if isinstance(f, str) else f for f in faults]
         for target, _ in self._initial_faults:
@@ -187,6 +214,8 @@ class Simulator:
                     rtu = endpoint.transport == "rtu-over-tcp"
                     live.server = TcpServer(self.host, endpoint.port, live.respond, rtu=rtu)
                 await live.server.switch_on()
+            if self._broker is not None:
+                await self._start_boards(*self._broker)
             for target, fault in self._initial_faults:
                 await self.set_fault(target, fault.kind, fault.arg)
             if self.control_port is not None:
@@ -206,11 +235,33 @@ class Simulator:
     ) -> None:
         await self.close()
 
+    async def _start_boards(self, host: str, port: int) -> None:
+        for board in self.scenario.boards:
+            firmware = firmware_for(board, self._model_of(board.machine), self.scenario.zone)
+            period = self.board_period or board.period
+            live = LiveBoard(firmware, self.clock, host, port, period=period)
+            live.on_fault_over = self._fault_over
+            self._boards[board.name] = live
+            try:
+                live.connect()
+            except OSError as exc:
+                raise OSError(f"MQTT broker {host}:{port}: {exc.strerror or exc}") from exc
+        for name, live in self._boards.items():
+            if not await live.wait_connected(5.0):
+                reason = live.error or "no CONNACK within 5 s"
+                raise OSError(f"MQTT broker {host}:{port}: board {name}: {reason}")
+        for live in self._boards.values():
+            live.start()
+
     async def close(self) -> None:
-        """Stop every server and close every socket and pty; safe to call twice."""
+        """Say goodbye on every board, stop every server and close every socket and pty; safe
+        to call twice."""
         if self._control is not None:
             await self._control.close()
             self._control = None
+        boards, self._boards = list(self._boards.values()), {}
+        for board in boards:
+            await board.close()
         for live in self._devices.values():
             server, live.server = live.server, None
             if isinstance(server, TcpServer):
@@ -243,32 +294,74 @@ class Simulator:
     # -- faults ---------------------------------------------------------------------------------
 
     async def set_fault(self, target: str, kind: str, arg: float | str | None = None) -> None:
-        """Fault a device, one machine (its unit id only) or `all` devices. `drop` on a TCP
-        device closes its port; on a serial bus or for one machine, the unit falls silent."""
+        """Fault a device, one machine (its unit id only), a board or `all`. `drop` on a TCP
+        device closes its port; on a serial bus or for one machine, the unit falls silent; on a
+        board, its socket closes without a DISCONNECT (the broker publishes its will).
+        `malformed` spoils a board's next payloads (all until cleared, or `arg` of them);
+        `burst` publishes `arg` messages at once and returns when the broker has them."""
         self._check_target(target)
         fault = Fault.make(kind, arg)
         if target == "all":
-            for name in self._devices:
-                await self.set_fault(name, kind, arg)
+            if fault.kind in MODBUS_FAULT_KINDS:
+                for name in self._devices:
+                    await self.set_fault(name, kind, arg)
+            if fault.kind in BOARD_FAULT_KINDS:
+                for name in self._boards:
+                    await self.set_fault(name, kind, arg)
             return
+        if target in self._board_specs:
+            await self._fault_board(target, fault)
+            return
+        if fault.kind not in MODBUS_FAULT_KINDS:
+            raise ValueError(
+                f"{target} is a Modbus device or machine: its faults are "
+                f"{', '.join(MODBUS_FAULT_KINDS)} (not {kind!r})"
+            )
+        if target in self._bare:
+            boards = [b.name for b in self.scenario.boards if b.machine == target]
+            raise ValueError(f"{target} has no PLC; fault its board: {', '.join(boards)}")
         self._faults[target] = fault
         await self._apply_power(target)
 
+    async def _fault_board(self, name: str, fault: Fault) -> None:
+        if fault.kind not in BOARD_FAULT_KINDS:
+            raise ValueError(
+                f"{name} is an MQTT board: its faults are {', '.join(BOARD_FAULT_KINDS)} "
+                f"(not {fault.kind!r})"
+            )
+        live = self._live_board(name)
+        if fault.kind == "burst":
+            await live.burst(int(fault.arg or 100))
+            return
+        self._faults[name] = fault
+        if fault.kind == "drop":
+            live.drop()
+        else:
+            live.malformed = -1 if fault.arg is None else int(fault.arg)
+
     async def clear_fault(self, target: str) -> None:
-        """Remove the fault of a device or machine; `all` removes every fault."""
+        """Remove the fault of a device, machine or board; `all` removes every fault. A dropped
+        board reconnects (online and births again) before this returns."""
         self._check_target(target)
         targets = list(self._faults) if target == "all" else [target]
         for name in targets:
             self._faults.pop(name, None)
-            await self._apply_power(name)
+            if name in self._boards:
+                live = self._boards[name]
+                live.malformed = None
+                await live.restore()
+            else:
+                await self._apply_power(name)
 
     def faults(self) -> dict[str, Fault]:
         return dict(self._faults)
 
     def _check_target(self, target: str) -> None:
-        if target != "all" and target not in self._devices and target not in self._machines:
-            known = ", ".join([*self._devices, *self._machines])
-            raise KeyError(f"no device or machine {target!r}; known: {known}, all")
+        known = [*self._devices, *self._machines, *self._bare, *self._board_specs]
+        if target != "all" and target not in known:
+            raise KeyError(
+                f"no device, machine or board {target!r}; known: {', '.join(known)}, all"
+            )
 
     async def _apply_power(self, name: str) -> None:
         live = self._devices.get(name)
@@ -282,6 +375,68 @@ class Simulator:
 
     def _fault_for(self, device: str, machine: str | None) -> Fault | None:
         return (self._faults.get(machine) if machine else None) or self._faults.get(device)
+
+    # -- boards ---------------------------------------------------------------------------------
+
+    def _fault_over(self, board: str) -> None:
+        self._faults.pop(board, None)  # `malformed:N` after its N messages
+
+    def _live_board(self, name: str) -> LiveBoard:
+        if name not in self._boards:
+            if name in self._board_specs:
+                raise ValueError(f"board {name!r} runs only with an MQTT broker (mqtt_url, --mqtt)")
+            raise KeyError(f"no board {name!r}; known: {', '.join(self._board_specs)}")
+        return self._boards[name]
+
+    def _model_of(self, machine: str) -> MachineModel:
+        if machine in self._bare:
+            return self._bare[machine]
+        if machine not in self._machines:
+            known = ", ".join([*self._machines, *self._bare])
+            raise KeyError(f"no machine {machine!r}; known: {known}")
+        return self._machines[machine][1]
+
+    def board_topics(self, board: str) -> list[str]:
+        """Every topic a running board publishes on (values, availability, births, deaths)."""
+        return self._live_board(board).firmware.topics()
+
+    def board_topics_of(self, board: str) -> list[str]:
+        """The topics a board of the scenario would publish on, running or not."""
+        spec = self._board_specs[board]
+        return firmware_for(spec, self._model_of(spec.machine), self.scenario.zone).topics()
+
+    def published(self, board: str) -> dict[str, bytes]:
+        """The last payload a board published on each topic (as sent, garbage included)."""
+        return dict(self._live_board(board).last)
+
+    def publish_count(self, board: str) -> int:
+        """Messages a board has handed to the broker since start."""
+        return self._live_board(board).published
+
+    def board_online(self, board: str) -> bool:
+        """Whether a board is connected to the broker now."""
+        return self._live_board(board).connected
+
+    def describe_boards(self) -> list[dict[str, Any]]:
+        """Boards, their machines, topics, connection, fault and message counts (GET /boards)."""
+        out = []
+        for board in self.scenario.boards:
+            live = self._boards.get(board.name)
+            fault = self._faults.get(board.name)
+            out.append(
+                {
+                    "board": board.name,
+                    "firmware": board.firmware,
+                    "machine": board.machine,
+                    "client_id": board.client_id or board.name,
+                    "running": live is not None,
+                    "online": live is not None and live.connected,
+                    "fault": fault.describe() if fault else None,
+                    "published": live.published if live else 0,
+                    "topics": self.board_topics_of(board.name),
+                }
+            )
+        return out
 
     # -- looking inside -------------------------------------------------------------------------
 
@@ -311,9 +466,7 @@ class Simulator:
 
     def machine_state(self, machine: str) -> State:
         """What a machine is doing now: off, idle, running or fault."""
-        if machine not in self._machines:
-            raise KeyError(f"no machine {machine!r}; known: {', '.join(self._machines)}")
-        return self._machines[machine][1].state_at(self.clock.now())
+        return self._model_of(machine).state_at(self.clock.now())
 
     def values(self, machine: str) -> dict[str, float | int | str | bool]:
         """Every signal of a machine now, as engineering values before any encoding."""
@@ -321,7 +474,7 @@ class Simulator:
             raise KeyError(f"no machine {machine!r}; known: {', '.join(self._machines)}")
         model = self._machines[machine][1]
         t = self.clock.now()
-        return {signal.name: model.value(signal, t) for signal in model.machine.signals}
+        return {signal.name: model.value(signal, t) for signal in model.signals}
 
     def request_count(self, device: str) -> int:
         """Modbus requests received by a device since start (answered or not)."""
@@ -368,13 +521,17 @@ def run_scenario(
     faults: Iterable[str | tuple[str, Fault]] = (),
     control_port: int | None = None,
     frozen: bool = False,
+    mqtt_url: str | None = None,
+    board_period: float | None = None,
 ) -> Simulator:
     """A simulator for `scenario`, serving while inside `async with`.
 
     Ports are `port_base + offset` for each TCP device; `start` is the simulated time at start-up
     (naive = the plant's local time; default: the scenario's `start`, else now); `faults` are
     `DEVICE=KIND[:ARG]` strings; `control_port` also starts the HTTP control endpoint;
-    `frozen` starts with simulated time held at `start` (call `unfreeze` to let it run).
+    `frozen` starts with simulated time held at `start` (call `unfreeze` to let it run);
+    `mqtt_url` (mqtt://host:port) also runs the scenario's boards against that broker, each
+    publishing every `board_period` simulated seconds if given, else its own `period`.
     """
     return Simulator(
         scenario,
@@ -386,4 +543,6 @@ def run_scenario(
         faults=faults,
         control_port=control_port,
         frozen=frozen,
+        mqtt_url=mqtt_url,
+        board_period=board_period,
     )

@@ -41,7 +41,8 @@ def test_every_command_has_help(command: list[str]) -> None:
 def test_check_accepts_the_example() -> None:
     result = aguante("check", "examples/metalworks.yaml")
     assert result.returncode == 0
-    assert result.stdout == "examples/metalworks.yaml: ok — 6 machines, 41 signals\n"
+    assert result.stdout.startswith("examples/metalworks.yaml: ok — ")
+    assert "41 Modbus signals" in result.stdout
 
 
 def test_check_prints_every_problem_and_exits_1() -> None:

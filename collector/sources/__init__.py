@@ -1,8 +1,9 @@
-"""Sources of readings: polled (Modbus) and, later, streamed (MQTT) both yield `Reading`s.
+"""Sources of readings: polled (Modbus) and streamed (MQTT) both yield `Reading`s.
 
 A source is used as `async with source: async for reading in source: ...`; it never raises for a
-device's trouble (timeouts, exception codes, a dead link) — it counts it in its `health` and
-goes on. The registry maps a machine's config block (`modbus:`) to the code that builds sources.
+device's or a payload's trouble (timeouts, exception codes, a dead link, a malformed message) —
+it counts it in its health records and goes on. The registry maps a kind of source to the code
+that builds its sources from the config.
 """
 
 from __future__ import annotations
@@ -15,16 +16,30 @@ from typing import Protocol
 from collector.config import Config
 from collector.schema import FieldValue
 
-__all__ = ["SOURCES", "DeviceHealth", "Reading", "Source", "build_sources"]
+__all__ = ["SOURCES", "DeviceHealth", "HealthRecord", "Reading", "Source", "build_sources"]
 
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """The signals of one machine read at one instant (UTC milliseconds)."""
+    """The signals of one machine read at one instant (UTC milliseconds).
+
+    `ack`, when set, is called once the reading is in the buffer: a streamed source confirms
+    its message to the broker only then, so a crash before that cannot lose it.
+    """
 
     machine: str
     time_ms: int
     values: Mapping[str, FieldValue]
+    ack: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRecord:
+    """One point of the `collector` measurement: about a machine, or (machine None) a source."""
+
+    machine: str | None
+    fields: Mapping[str, FieldValue]
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -47,13 +62,33 @@ class DeviceHealth:
     def errors(self) -> int:
         return self.timeouts + sum(self.exceptions.values()) + self.link_errors + self.bad_answers
 
+    def record(self) -> HealthRecord:
+        fields: dict[str, FieldValue] = {
+            "polls": self.polls,
+            "good_polls": self.good_polls,
+            "requests": self.requests,
+            "errors": self.errors,
+            "timeouts": self.timeouts,
+            "exceptions": sum(self.exceptions.values()),
+            "decode_errors": self.decode_errors,
+            "bad_answers": self.bad_answers,
+            "link_errors": self.link_errors,
+            "latency_ms": self.last_latency_ms,
+        }
+        if self.up is not None:  # unknown before the first poll: no value, not false
+            fields["up"] = self.up
+        for code, count in sorted(self.exceptions.items()):
+            fields[f"exception_{code:02d}"] = count
+        return HealthRecord(self.machine, fields)
+
 
 class Source(Protocol):
     """What the collector runs: one task iterates one source."""
 
     name: str
+    kind: str  # "modbus", "mqtt": names the source's own health points (machine=_<kind>)
 
-    def health(self) -> list[DeviceHealth]: ...
+    def health_records(self) -> list[HealthRecord]: ...
 
     def __aiter__(self) -> AsyncIterator[Reading]: ...
 
@@ -73,9 +108,16 @@ def _modbus(config: Config) -> list[Source]:
     return list(modbus_sources(config))
 
 
-# One line per kind of source: the machine's config block → a builder of sources.
+def _mqtt(config: Config) -> list[Source]:
+    from collector.sources.mqtt import mqtt_sources
+
+    return list(mqtt_sources(config))
+
+
+# One line per kind of source: a builder of its sources from the config.
 SOURCES: dict[str, Callable[[Config], list[Source]]] = {
     "modbus": _modbus,
+    "mqtt": _mqtt,
 }
 
 

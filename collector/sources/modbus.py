@@ -24,7 +24,7 @@ from collector.config import Config, Machine, ModbusDevice
 from collector.decode import DecodeError
 from collector.plan import ReadRequest, coalesce_reads
 from collector.schema import FieldValue
-from collector.sources import DeviceHealth, Reading
+from collector.sources import DeviceHealth, HealthRecord, Reading
 
 __all__ = ["ModbusClient", "ModbusConnection", "ModbusResponse", "make_client", "modbus_sources"]
 
@@ -107,6 +107,8 @@ class _Polled:
 class ModbusConnection:
     """One Modbus link and the devices behind it: `async with conn: async for reading in conn`."""
 
+    kind = "modbus"
+
     def __init__(
         self,
         machines: list[Machine],
@@ -144,6 +146,9 @@ class ModbusConnection:
 
     def health(self) -> list[DeviceHealth]:
         return [p.health for p in self._polled]
+
+    def health_records(self) -> list[HealthRecord]:
+        return [p.health.record() for p in self._polled]
 
     def last_frames(self) -> list[str]:
         """The last raw frames on this link, oldest first, for a bug report."""

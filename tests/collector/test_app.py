@@ -14,7 +14,7 @@ from collector.app import Collector
 from collector.config import Config, parse_config
 from collector.schema import COLLECTOR, READING
 from collector.sinks.memory import MemorySink
-from collector.sources import DeviceHealth, Reading
+from collector.sources import DeviceHealth, HealthRecord, Reading
 
 CONFIG = """
 factory: coop
@@ -32,6 +32,7 @@ class ScriptedSource:
     """Yields readings; can swallow one cancellation (as 3.11's wait_for may) or fail once."""
 
     name = "scripted"
+    kind = "scripted"
 
     def __init__(self, *, swallow_cancel: bool = False, fail_once: bool = False) -> None:
         self.swallow_cancel = swallow_cancel
@@ -39,8 +40,8 @@ class ScriptedSource:
         self.starts = 0
         self.closed = False
 
-    def health(self) -> list[DeviceHealth]:
-        return [DeviceHealth("press-1", polls=self.starts, up=True)]
+    def health_records(self) -> list[HealthRecord]:
+        return [DeviceHealth("press-1", polls=self.starts, up=True).record()]
 
     async def __aenter__(self) -> Self:
         return self

@@ -1,0 +1,405 @@
+"""Take readings from add-on boards over MQTT (paho-mqtt 2.x): Tasmota, ESPHome, Shelly, JSON,
+plain values and Sparkplug B, as the factory file maps their topics to machines and signals.
+
+One broker connection for the whole config, with a persistent session and QoS 1: messages sent
+while the collector was away are delivered when it returns, and each is acknowledged only after
+its readings are in the buffer. paho's network thread hands messages to the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+import zoneinfo
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from collector.config import Config, MqttConfig, MqttSignal, MqttSubscription
+from collector.schema import FieldValue
+from collector.sources import HealthRecord, Reading
+from collector.sources.mqtt_formats import (
+    PayloadError,
+    PayloadParser,
+    coerce,
+    make_parser,
+    plausible_time,
+)
+from collector.sources.sparkplug import SparkplugMetric, encode_payload
+from collector.topics import AVAILABILITY_KINDS, TopicPattern, topic_layout
+
+BOOLEAN = 11  # Sparkplug B DataType
+
+__all__ = ["Delivered", "MqttSource", "mqtt_sources"]
+
+log = logging.getLogger(__name__)
+
+# A Sparkplug edge node is asked for a rebirth at most once per this many seconds.
+REBIRTH_EVERY = 30.0
+# A topic's bad messages are logged at most once per this many seconds, with a sample.
+LOG_EVERY = 600.0
+SAMPLE_BYTES = 120
+
+
+@dataclass
+class _Route:
+    """One topic kind of one subscription: how to match it and what to read from it."""
+
+    subscription: MqttSubscription
+    kind: str
+    pattern: TopicPattern
+    parser: PayloadParser
+    machine: str | None  # None: the topic's {machine} level names it
+    by_selector: dict[str, list[MqttSignal]]
+    wanted: tuple[str, ...]
+
+
+@dataclass
+class _TopicHealth:
+    machine: str | None
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    logged_at: float = -LOG_EVERY
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A message as the source sees it; `ack` confirms it to the broker (QoS ≥ 1)."""
+
+    topic: str
+    payload: bytes
+    received_ms: int
+    ack: Callable[[], None] | None = None
+
+
+class MqttSource:
+    """All the config's MQTT boards: `async with source: async for reading in source`."""
+
+    kind = "mqtt"
+
+    def __init__(self, config: Config, *, client_id: str | None = None) -> None:
+        self.config = config
+        self.settings: MqttConfig = config.mqtt
+        self.client_id = client_id or self.settings.client_id or f"aguante-{config.factory}"
+        self.name = f"mqtt {self.settings.url}"
+        zone = zoneinfo.ZoneInfo(config.timezone)
+        self._machines = {m.id for m in config.machines}
+        self._routes: list[_Route] = []
+        boards: list[tuple[str | None, MqttSubscription]] = [
+            (m.id, s) for m in config.machines for s in m.mqtt
+        ]
+        boards += [(s.machine, s) for s in self.settings.subscriptions]
+        for machine, subscription in boards:
+            parser = make_parser(subscription.format, zone=zone)  # one per board: Sparkplug state
+            by_selector: dict[str, list[MqttSignal]] = defaultdict(list)
+            for signal in subscription.signals:
+                by_selector[signal.selector].append(signal)
+            for kind, template in topic_layout(subscription.format, subscription.topic).items():
+                self._routes.append(
+                    _Route(
+                        subscription,
+                        kind,
+                        TopicPattern.compile(template),
+                        parser,
+                        machine,
+                        dict(by_selector),
+                        tuple(by_selector),
+                    )
+                )
+        self.filters = sorted({route.pattern.filter for route in self._routes})
+        self._topics: dict[str, _TopicHealth] = {}
+        self._online: dict[str, bool] = {}
+        self._last_arrival: dict[str, int] = {}
+        self._rebirth_asked: dict[str, float] = {}
+        self._connected = False
+        self._refused = False
+        self._closing = False
+        self._client: paho.Client | None = None
+        self._queue: asyncio.Queue[Delivered] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.messages = 0
+
+    # -- the broker ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> MqttSource:
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        self._client = self._make_client()
+        self._client.connect_async(
+            self.settings.host, self.settings.port, keepalive=self.settings.keepalive
+        )
+        self._client.loop_start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            self._closing = True
+            client.disconnect()
+            # loop_stop joins paho's thread; off the event loop, so a slow socket cannot block it.
+            await asyncio.to_thread(client.loop_stop)
+
+    def _make_client(self) -> paho.Client:
+        settings = self.settings
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=False,  # the broker keeps our QoS 1 messages while we are away
+            protocol=paho.MQTTv311,
+        )
+        if settings.username is not None:
+            client.username_pw_set(settings.username, settings.password)
+        if settings.use_tls:
+            tls = settings.tls
+            client.tls_set(
+                ca_certs=tls.ca_file if tls else None,
+                certfile=tls.cert_file if tls else None,
+                keyfile=tls.key_file if tls else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(bool(tls and tls.insecure))
+        client.manual_ack_set(True)
+        client.reconnect_delay_set(min_delay=1, max_delay=60)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    # These three run on paho's thread: they only hand over to the event loop.
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            self._call(self._connect_failed, str(reason))
+            return
+        # Subscriptions are renewed on every connect: a broker that lost its state (restarted
+        # without persistence) would otherwise keep us connected and deaf.
+        qos: int = self.settings.qos
+        client.subscribe([(f, qos) for f in self.filters])
+        self._call(self._link_state, True, "")
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._call(self._link_state, False, str(reason))
+
+    def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        received_ms = time.time_ns() // 1_000_000
+        ack = None
+        if message.qos > 0:
+            mid, qos = message.mid, message.qos
+
+            def ack() -> None:
+                client.ack(mid, qos)
+
+        payload = bytes(message.payload)
+        self._call(self._enqueue, Delivered(message.topic, payload, received_ms, ack))
+
+    def _call(self, function: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(function, *args)
+
+    def _enqueue(self, delivered: Delivered) -> None:
+        assert self._queue is not None
+        self._queue.put_nowait(delivered)
+
+    def _connect_failed(self, reason: str) -> None:
+        if not self._refused:
+            log.warning("%s: the broker refused the connection: %s", self.name, reason)
+        self._refused = True
+        self._connected = False
+
+    def _link_state(self, up: bool, reason: str) -> None:
+        if up and not self._connected:
+            log.info("%s: connected, %d subscriptions", self.name, len(self.filters))
+            self._refused = False
+        elif not up and self._connected and not self._closing:
+            log.warning("%s: connection lost (%s); reconnecting with backoff", self.name, reason)
+        self._connected = up
+
+    # -- messages → readings -------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Reading]:
+        return self._readings()
+
+    async def _readings(self) -> AsyncIterator[Reading]:
+        if self._queue is None:
+            raise RuntimeError("use the source inside `async with MqttSource(...)`")
+        while True:
+            delivered = await self._queue.get()
+            readings = self.handle(delivered)
+            if not readings:
+                if delivered.ack is not None:
+                    delivered.ack()  # nothing to keep: bad, unknown or availability only
+                continue
+            for reading in readings[:-1]:
+                yield reading
+            # The message is confirmed with its last reading, once all are in the buffer.
+            last = readings[-1]
+            yield Reading(last.machine, last.time_ms, last.values, delivered.ack)
+
+    def handle(self, delivered: Delivered) -> list[Reading]:
+        """The readings one message gives; every problem is counted against its topic."""
+        self.messages += 1
+        topic = delivered.topic
+        matches = [
+            (route, found)
+            for route in self._routes
+            if (found := route.pattern.match(topic)) is not None
+        ]
+        if not matches:
+            self._bad(topic, None, "unknown_topic", "no subscription maps this topic", delivered)
+            return []
+        if len(delivered.payload) > self.settings.max_payload:
+            self._bad(
+                topic,
+                matches[0][0].machine,
+                "oversize",
+                f"{len(delivered.payload)} bytes, over max_payload {self.settings.max_payload}",
+                delivered,
+            )
+            return []
+        readings: list[Reading] = []
+        for route, found in matches:
+            machine = route.machine or found.get("machine")
+            if machine not in self._machines:
+                self._bad(
+                    topic, None, "unknown_machine", f"{machine!r} is not a machine id", delivered
+                )
+                continue
+            assert machine is not None
+            self._count(topic, machine, "messages")
+            try:
+                # The level the format reads; for Sparkplug boards under a {machine} placeholder,
+                # the machine, so each edge node keeps its own aliases.
+                key = found.get("key") or found.get("signal") or found.get("machine")
+                parsed = route.parser.parse(route.kind, key, delivered.payload, route.wanted)
+            except PayloadError as exc:
+                self._bad(topic, machine, exc.kind, str(exc), delivered)
+                if exc.kind == "unknown_alias":
+                    self._request_rebirth(route.subscription.topic)
+                continue
+            if parsed.online is not None:
+                self._availability(machine, parsed.online, topic)
+            if route.kind in AVAILABILITY_KINDS and not parsed.values:
+                continue
+            by_time: dict[int, dict[str, FieldValue]] = defaultdict(dict)
+            arrival: int | None = None
+            for value in parsed.values:
+                for signal in route.by_selector.get(value.selector, ()):
+                    try:
+                        stored = coerce(value.value, signal)
+                    except PayloadError as exc:
+                        self._bad(topic, machine, exc.kind, str(exc), delivered)
+                        continue
+                    stamp = plausible_time(value.time_ms, delivered.received_ms)
+                    if stamp != value.time_ms:
+                        if arrival is None:
+                            arrival = self._arrival_stamp(machine, delivered.received_ms)
+                        stamp = arrival
+                    by_time[stamp][signal.name] = stored
+            if by_time and self._online.get(machine) is False:
+                self._availability(machine, True, topic)  # data means it is back
+            readings.extend(
+                Reading(machine, stamp, values) for stamp, values in sorted(by_time.items())
+            )
+        return readings
+
+    def _request_rebirth(self, base: str) -> None:
+        # Data by alias whose birth we missed (we subscribed after it) is unreadable until the
+        # edge node is born again: ask it, as Sparkplug host applications do, at most every
+        # REBIRTH_EVERY seconds per node.
+        group, node = base.split("/")[:2]
+        now = time.monotonic()
+        if (
+            self._client is None
+            or now - self._rebirth_asked.get(node, -REBIRTH_EVERY) < REBIRTH_EVERY
+        ):
+            return
+        self._rebirth_asked[node] = now
+        request = SparkplugMetric(
+            name="Node Control/Rebirth", datatype=BOOLEAN, value_field="boolean_value", value=True
+        )
+        payload = encode_payload([request], timestamp=time.time_ns() // 1_000_000)
+        self._client.publish(f"spBv1.0/{group}/NCMD/{node}", payload, qos=0)
+        log.info("%s/%s: asked for a rebirth (data by alias before any birth)", group, node)
+
+    def _arrival_stamp(self, machine: str, received_ms: int) -> int:
+        # A message without a time of its own is stamped on arrival. Messages queued by the
+        # broker arrive in a burst within one millisecond, and InfluxDB keeps one point per
+        # series and time: each gets the next free millisecond of its machine, or all but the
+        # last would be overwritten.
+        stamp = max(received_ms, self._last_arrival.get(machine, 0) + 1)
+        self._last_arrival[machine] = stamp
+        return stamp
+
+    def _availability(self, machine: str, online: bool, topic: str) -> None:
+        before = self._online.get(machine)
+        self._online[machine] = online
+        if online and before is False:
+            log.info("%s: board back online (%s)", machine, topic)
+        elif not online and before is not False:
+            log.warning(
+                "%s: board offline (%s); its signals are stale until it returns", machine, topic
+            )
+
+    def _count(self, topic: str, machine: str | None, what: str) -> _TopicHealth:
+        health = self._topics.get(topic)
+        if health is None:
+            health = self._topics[topic] = _TopicHealth(machine)
+        health.counts[what] += 1
+        return health
+
+    def _bad(
+        self, topic: str, machine: str | None, kind: str, reason: str, delivered: Delivered
+    ) -> None:
+        health = self._count(topic, machine, kind)
+        now = time.monotonic()
+        if now - health.logged_at >= LOG_EVERY:
+            health.logged_at = now
+            sample = delivered.payload[:SAMPLE_BYTES]
+            log.warning(
+                "%s: %s (%s); sample %r — further problems on this topic are counted, "
+                "logged again in %.0f min",
+                topic,
+                kind.replace("_", " "),
+                reason,
+                sample,
+                LOG_EVERY / 60,
+            )
+
+    # -- health --------------------------------------------------------------------------------
+
+    def health_records(self) -> list[HealthRecord]:
+        records = [
+            HealthRecord(
+                None,
+                {
+                    "connected": self._connected,
+                    "messages": self.messages,
+                    "topics": len(self._topics),
+                },
+            )
+        ]
+        for machine, online in sorted(self._online.items()):
+            records.append(HealthRecord(machine, {"up": online}, {"source": "mqtt"}))
+        for topic, health in sorted(self._topics.items()):
+            fields: dict[str, FieldValue] = dict(health.counts)
+            records.append(HealthRecord(health.machine, fields, {"topic": topic}))
+        return records
+
+
+def mqtt_sources(config: Config) -> list[MqttSource]:
+    """One source for the broker when any board or subscription is configured."""
+    if not config.mqtt.subscriptions and not any(m.mqtt for m in config.machines):
+        return []
+    return [MqttSource(config)]
