@@ -1,7 +1,8 @@
 """`make demo`: the whole system on simulated machines, with private services under `.demo/`.
 
 Starts InfluxDB and Mosquitto (Debian's binaries, data under .demo/), the `metalworks`
-simulation and the collector reading it; prints what to look at; Ctrl-C stops all of it.
+simulation (Modbus devices and MQTT boards) and the collector reading it; prints what to look
+at; Ctrl-C stops all of it.
 The service launcher is the one the integration tests use, so the demo and the tests agree.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import InfluxDB, free_port  # noqa: E402
+from tests.services import InfluxDB, Mosquitto, free_port  # noqa: E402
 
 DEMO = ROOT / ".demo"
 CONFIG = ROOT / "examples" / "metalworks.yaml"
@@ -40,38 +40,26 @@ def _port(preferred: int) -> int:
     return preferred
 
 
-def _mosquitto(port: int) -> subprocess.Popen[bytes] | None:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
-        print("mosquitto not found; the MQTT part of the demo is skipped")
-        return None
-    folder = DEMO / "mosquitto"
-    folder.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        # Started as root, mosquitto drops to its own user, which must own its data folder.
-        with contextlib.suppress(LookupError, OSError):
-            shutil.chown(folder, "mosquitto")
-    conf = folder / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-        f"persistence_location {folder}/\nlog_dest file {folder}/mosquitto.log\n"
-    )
-    return subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL, **_OWN_GROUP)
-
-
 def main() -> int:
     DEMO.mkdir(exist_ok=True)
     influx = InfluxDB(DEMO / "influxdb")
     influx.http_port = _port(8086)
     influx.url = f"http://127.0.0.1:{influx.http_port}"
     influx.start()
-    mqtt_port = _port(1884)
-    children: list[subprocess.Popen[bytes]] = []
-    mosquitto = _mosquitto(mqtt_port)
-    if mosquitto is not None:
-        children.append(mosquitto)
-    env = os.environ | {"AGUANTE_INFLUXDB_URL": influx.url, "AGUANTE_INFLUXDB_DATABASE": "aguante"}
-    children.append(subprocess.Popen([AGUANTE, "simulate", "metalworks"], cwd=DEMO, **_OWN_GROUP))
+    mosquitto = Mosquitto(DEMO / "mosquitto")
+    mosquitto.port = _port(1884)
+    mosquitto.url = mqtt_url = f"mqtt://127.0.0.1:{mosquitto.port}"
+    mosquitto.start()
+    env = os.environ | {
+        "AGUANTE_INFLUXDB_URL": influx.url,
+        "AGUANTE_INFLUXDB_DATABASE": "aguante",
+        "AGUANTE_MQTT_URL": mqtt_url,
+    }
+    children = [
+        subprocess.Popen(
+            [AGUANTE, "simulate", "metalworks", "--mqtt", mqtt_url], cwd=DEMO, **_OWN_GROUP
+        )
+    ]
     time.sleep(1.0)  # let the simulated devices listen before the first poll
     children.append(
         subprocess.Popen([AGUANTE, "collect", str(CONFIG)], cwd=DEMO, env=env, **_OWN_GROUP)
@@ -82,8 +70,10 @@ def main() -> int:
 aguante demo running — Ctrl-C stops everything it started.
 
   InfluxDB   {influx.url}   database "aguante"   (data in .demo/influxdb)
-  Mosquitto  127.0.0.1:{mqtt_port}                 (data in .demo/mosquitto)
-  machines   aguante simulate metalworks       (faults: see docs/simulators.md)
+  Mosquitto  {mqtt_url}           (data in .demo/mosquitto)
+  machines   aguante simulate metalworks --mqtt {mqtt_url}
+             six old machines over Modbus, seven retrofit boards over MQTT
+             (faults: see docs/simulators.md)
   collector  aguante collect examples/metalworks.yaml
 
 Live values, newest per machine:
@@ -93,6 +83,9 @@ or:  influx -port {influx.http_port} -database aguante -execute "{query}"
 Device health:  influx -port {influx.http_port} -database aguante \
        -execute "SELECT last(polls), last(errors), last(up) FROM collector GROUP BY machine"
 Make a machine fail:  curl -X POST 127.0.0.1:5019/faults -d '{{"device":"press-plc","kind":"drop"}}'
+A board drops off:    curl -X POST 127.0.0.1:5019/faults \\
+                        -d '{{"device":"drill-1-plug","kind":"drop"}}'
+Watch the boards:     mosquitto_sub -p {mosquitto.port} -t 'tele/#' -t 'spBv1.0/#' -v
 """,
         flush=True,
     )
@@ -120,6 +113,7 @@ Make a machine fail:  curl -X POST 127.0.0.1:5019/faults -d '{{"device":"press-p
                 child.wait(15)
             except subprocess.TimeoutExpired:
                 child.kill()
+        mosquitto.stop()
         influx.stop()
         print("demo stopped; data kept in .demo/ (make clean removes it)")
     return 0

@@ -284,9 +284,12 @@ class MqttSource:
                 key = found.get("key") or found.get("signal") or found.get("machine")
                 parsed = route.parser.parse(route.kind, key, delivered.payload, route.wanted)
             except PayloadError as exc:
-                self._bad(topic, machine, exc.kind, str(exc), delivered)
                 if exc.kind == "unknown_alias":
+                    # Normal after a start: counted, and answered with a rebirth request.
+                    self._count(topic, machine, exc.kind)
                     self._request_rebirth(route.subscription.topic)
+                else:
+                    self._bad(topic, machine, exc.kind, str(exc), delivered)
                 continue
             if parsed.online is not None:
                 self._availability(machine, parsed.online, topic)
