@@ -113,17 +113,7 @@ def _collect(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     influx = config.influxdb
-    sink = InfluxDBSink(
-        url=influx.url,
-        database=influx.database,
-        username=influx.username,
-        password=influx.password,
-        token=influx.token,
-        gzip=influx.gzip,
-        timeout=influx.timeout,
-        create_database=influx.create_database,
-        retention_policy=influx.retention_policy,
-    )
+    sink = InfluxDBSink.from_config(influx)
 
     async def run() -> None:
         # pymodbus clients bind to the running loop when made, so the collector is made here.

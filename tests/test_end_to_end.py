@@ -104,8 +104,7 @@ def make_collector(
     if isinstance(influx, InfluxDBDatabase):
         influx.create()  # so the test may query before the collector's first write
     config = example_config(port_base_of(sim), tmp_path, influx.url, database)
-    influxdb = config.influxdb
-    sink = InfluxDBSink(url=influxdb.url, database=influxdb.database, create_database=True)
+    sink = InfluxDBSink.from_config(config.influxdb)
     return Collector(config, sink=sink, quarantine_path=tmp_path / "quarantine.jsonl")
 
 
@@ -267,7 +266,7 @@ async def test_the_whole_example_plant_arrives_over_modbus_and_mqtt(
         config = example_config(
             port_base, tmp_path, influxdb.url, influxdb.database, mqtt_url=mosquitto.url
         )
-        sink = InfluxDBSink(url=influxdb.url, database=influxdb.database)
+        sink = InfluxDBSink.from_config(config.influxdb)
         collector = Collector(config, sink=sink, quarantine_path=tmp_path / "quarantine.jsonl")
         expected = {
             m.id: {s.name for s in (m.modbus.signals if m.modbus else [])}

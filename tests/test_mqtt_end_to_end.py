@@ -116,7 +116,7 @@ def publisher(broker: Mosquitto) -> Iterator[Callable[..., None]]:
 @contextlib.asynccontextmanager
 async def running(config: Config, tmp_path: Path) -> AsyncIterator[Collector]:
     influx = config.influxdb
-    sink = InfluxDBSink(url=influx.url, database=influx.database)
+    sink = InfluxDBSink.from_config(influx)
     collector = Collector(config, sink=sink, quarantine_path=tmp_path / "quarantine.jsonl")
     stop = asyncio.Event()
     task = asyncio.create_task(collector.run(stop))

@@ -13,6 +13,7 @@ from typing import Self
 
 import httpx
 
+from collector.config import InfluxDBConfig
 from collector.lineprotocol import InvalidPointError, encode_point
 from collector.schema import Point
 from collector.sinks import AuthWriteError, RejectedWriteError, RetryableWriteError, WriteError
@@ -31,6 +32,21 @@ class InfluxDBSink:
     all accept (and, unlike the `u`/`p` query parameters, stays out of proxy access logs);
     for 2.x and 3.x the password is the API token. A token alone goes as `Authorization: Token`.
     """
+
+    @classmethod
+    def from_config(cls, influx: InfluxDBConfig) -> Self:
+        """The sink the factory file's `influxdb:` section describes."""
+        return cls(
+            url=influx.url,
+            database=influx.database,
+            username=influx.username,
+            password=influx.password,
+            token=influx.token,
+            gzip=influx.gzip,
+            timeout=influx.timeout,
+            create_database=influx.create_database,
+            retention_policy=influx.retention_policy,
+        )
 
     def __init__(
         self,
