@@ -1,5 +1,6 @@
 """Real services for tests, started on free loopback ports: InfluxDB 1.x (Debian's `influxd`) and
-Mosquitto (Debian's `mosquitto`)."""
+Mosquitto (Debian's `mosquitto`, optionally over TLS or with a password file), and the test
+certificates for it (Debian's `openssl`)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,22 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
 
-__all__ = ["InfluxDB", "Mosquitto", "ServiceError", "free_port", "quote_ident"]
+__all__ = [
+    "InfluxDB",
+    "Mosquitto",
+    "ServiceError",
+    "TlsFiles",
+    "free_port",
+    "make_tls_files",
+    "quote_ident",
+]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -226,14 +236,38 @@ class InfluxDB(_Service):
 
 class Mosquitto(_Service):
     """One `mosquitto` on a free loopback port, persistence under `root` (so QoS 1 sessions and
-    their queued messages survive stop()/start())."""
+    their queued messages survive stop()/start()).
+
+    With `tls`, its one listener speaks TLS only (`url` is then mqtts://), with the server
+    certificate of `tls`; with `require_certificate` too, clients must show a certificate signed
+    by `tls.ca_file`. With `users` (name → password), anonymous clients are refused and only
+    those users are let in (a password file made with Debian's `mosquitto_passwd`).
+    """
 
     name = "mosquitto"
 
-    def __init__(self, root: Path, *, executable: str = "mosquitto") -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        executable: str = "mosquitto",
+        tls: TlsFiles | None = None,
+        require_certificate: bool = False,
+        users: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(root, executable, "install Mosquitto (Debian: apt-get install mosquitto)")
+        if require_certificate and tls is None:
+            raise ValueError("require_certificate needs tls")
+        for user in users or {}:
+            if not user or ":" in user:
+                raise ValueError(f"{user!r}: a Mosquitto user name is not empty and has no ':'")
+        self.tls = tls
+        self.require_certificate = require_certificate
+        self.users = dict(users) if users is not None else None
+        self._passwd = _find_passwd_tool() if users is not None else None
         self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        scheme = "mqtts" if tls is not None else "mqtt"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
         if self.running:
@@ -242,7 +276,7 @@ class Mosquitto(_Service):
         config = self.root / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            "allow_anonymous true" if self.users is None else "allow_anonymous false",
             "persistence true",
             f"persistence_location {self.root}/",
             f"log_dest file {self.log_path}",
@@ -250,16 +284,144 @@ class Mosquitto(_Service):
             "log_type warning",
             "max_queued_messages 100000",
         ]
+        if self.tls is not None:
+            lines += [
+                f"cafile {self.tls.ca_file}",
+                f"certfile {self.tls.server_cert}",
+                f"keyfile {self.tls.server_key}",
+                f"require_certificate {'true' if self.require_certificate else 'false'}",
+            ]
+        if self.users is not None:
+            lines.append(f"password_file {self._write_password_file()}")
         if os.geteuid() == 0:
             lines.append("user root")  # or it drops to `mosquitto`, who cannot write in root's tmp
         config.write_text("\n".join(lines) + "\n")
         self._spawn(["-c", str(config)])
         self._wait_ready(self._accepts, timeout)
 
+    def _write_password_file(self) -> Path:
+        # Plain `user:password` lines, hashed in place by `mosquitto_passwd -U`; readable by the
+        # owner only, as Mosquitto asks of a password file.
+        assert self.users is not None and self._passwd is not None
+        path = self.root / "passwd"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.writelines(f"{user}:{password}\n" for user, password in self.users.items())
+        _run([self._passwd, "-U", str(path)], "mosquitto_passwd")
+        return path
+
     def _accepts(self) -> bool:
         with socket.socket() as sock:
             sock.settimeout(0.5)
             return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a test CA, a server certificate for 127.0.0.1 and localhost, and a client
+    certificate, both signed by the CA."""
+
+    ca_file: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+_OPENSSL_CONFIG = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = aguante test
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+def make_tls_files(directory: Path, *, name: str = "aguante test", days: int = 2) -> TlsFiles:
+    """A fresh CA under `directory` and a server and a client certificate it signed, made with
+    the `openssl` command (EC P-256 keys: quick to make). Raises ServiceError without it."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise ServiceError("'openssl' is not on PATH: install it (Debian: apt-get install openssl)")
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "openssl.cnf"
+    config.write_text(_OPENSSL_CONFIG)
+    files = TlsFiles(
+        ca_file=directory / "ca.crt",
+        ca_key=directory / "ca.key",
+        server_cert=directory / "server.crt",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.crt",
+        client_key=directory / "client.key",
+    )
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _run(
+        [openssl, "req", "-x509", "-config", str(config), "-extensions", "ca", *new_key,
+         "-subj", f"/CN={name} CA", "-days", str(days),
+         "-keyout", str(files.ca_key), "-out", str(files.ca_file)],
+        "openssl",
+    )  # fmt: skip
+    leaves = [
+        ("server", "127.0.0.1", files.server_cert, files.server_key),
+        ("client", f"{name} client", files.client_cert, files.client_key),
+    ]
+    for serial, (extensions, common_name, cert, key) in enumerate(leaves, start=1):
+        request = directory / f"{extensions}.csr"
+        _run(
+            [openssl, "req", "-new", "-config", str(config), *new_key,
+             "-subj", f"/CN={common_name}", "-keyout", str(key), "-out", str(request)],
+            "openssl",
+        )  # fmt: skip
+        _run(
+            [openssl, "x509", "-req", "-in", str(request), "-CA", str(files.ca_file),
+             "-CAkey", str(files.ca_key), "-set_serial", str(serial), "-days", str(days),
+             "-extfile", str(config), "-extensions", extensions, "-out", str(cert)],
+            "openssl",
+        )  # fmt: skip
+    return files
+
+
+def _find_passwd_tool() -> str:
+    # Debian's mosquitto package brings it (in /usr/bin; the broker is in /usr/sbin).
+    found = shutil.which("mosquitto_passwd") or shutil.which(
+        "mosquitto_passwd", path="/usr/bin:/usr/sbin"
+    )
+    if found is None:
+        raise ServiceError(
+            "'mosquitto_passwd' is not on PATH: install Mosquitto, which brings it "
+            "(Debian: apt-get install mosquitto)"
+        )
+    return found
+
+
+def _run(argv: list[str], what: str) -> None:
+    try:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=True, timeout=30)
+    except subprocess.CalledProcessError as exc:
+        output = (exc.stdout + exc.stderr).decode(errors="replace").strip()
+        raise ServiceError(f"{what} failed with {exc.returncode}: {argv}\n{output}") from None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServiceError(f"{what} could not run: {exc}") from None
 
 
 def quote_ident(name: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 import time
 import zoneinfo
 from collections import defaultdict
@@ -119,7 +120,10 @@ class MqttSource:
         self._rebirth_asked: dict[str, float] = {}
         self._connected = False
         self._refused = False
+        self._connect_failures = 0
         self._closing = False
+        self._last_error = ""  # these two belong to paho's thread
+        self._accepted = False
         self._client: paho.Client | None = None
         self._queue: asyncio.Queue[Delivered] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,7 +176,9 @@ class MqttSource:
         client.manual_ack_set(True)
         client.reconnect_delay_set(min_delay=1, max_delay=60)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
+        client.on_log = self._on_log
         client.on_message = self._on_message
         return client
 
@@ -180,15 +186,43 @@ class MqttSource:
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
-            self._call(self._connect_failed, str(reason))
+            text = str(reason)
+            hint = (
+                " (check AGUANTE_MQTT_USERNAME and AGUANTE_MQTT_PASSWORD)"
+                if "authori" in text.lower() or "password" in text.lower()
+                else ""
+            )
+            self._call(self._connect_failed, f"the broker refused the connection: {text}{hint}")
             return
         # Subscriptions are renewed on every connect: a broker that lost its state (restarted
         # without persistence) would otherwise keep us connected and deaf.
+        self._accepted = True
         qos: int = self.settings.qos
         client.subscribe([(f, qos) for f in self.filters])
         self._call(self._link_state, True, "")
 
+    def _on_connect_fail(self, _c: paho.Client, _u: Any) -> None:
+        # Called inside paho's `except OSError`: the exception is the reason (TCP refused,
+        # TLS handshake failed). Only its text leaves this thread: it holds the socket.
+        exc = sys.exc_info()[1]
+        reason = str(exc) if exc is not None else "no answer"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            reason += " (is mqtt.tls.ca_file the CA that signed the broker's certificate?)"
+        self._call(self._connect_failed, f"cannot connect: {reason}")
+
+    def _on_log(self, _c: paho.Client, _u: Any, level: int, text: str) -> None:
+        if level == paho.MQTT_LOG_ERR:
+            self._last_error = text
+
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        accepted, self._accepted = self._accepted, False
+        if not accepted and not self._closing:
+            # Dropped before its CONNACK: paho says "Unspecified error"; its log says why.
+            why = self._last_error or str(reason)
+            self._call(
+                self._connect_failed, f"the broker closed the connection before accepting it: {why}"
+            )
+            return
         self._call(self._link_state, False, str(reason))
 
     def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
@@ -213,8 +247,9 @@ class MqttSource:
         self._queue.put_nowait(delivered)
 
     def _connect_failed(self, reason: str) -> None:
+        self._connect_failures += 1
         if not self._refused:
-            log.warning("%s: the broker refused the connection: %s", self.name, reason)
+            log.warning("%s: %s; retrying with backoff", self.name, reason)
         self._refused = True
         self._connected = False
 
@@ -388,6 +423,7 @@ class MqttSource:
                 None,
                 {
                     "connected": self._connected,
+                    "connect_failures": self._connect_failures,
                     "messages": self.messages,
                     "topics": len(self._topics),
                 },
