@@ -1,7 +1,9 @@
 """`make bench`: the collector against the plainest Python loop, polling the same simulated devices
-into the same InfluxDB, in one run on this machine; rewrites benchmarks/RESULTS.md.
+into the same InfluxDB, in one run on this machine; then (mqtt_bench.py) against the plainest
+paho subscriber, taking add-on boards' messages from Mosquitto; rewrites benchmarks/RESULTS.md.
 
-    .venv/bin/python benchmarks/run.py [--seconds 30] [--warmup 5] [--shapes plant,scale]
+    .venv/bin/python benchmarks/run.py [--seconds 30] [--warmup 5] [--repeat 2] [--burst 50000]
+        [--shapes plant,scale,mqtt-tasmota,mqtt-tasmota-burst,mqtt-plain,mqtt-plain-burst]
 
 A contender is a command to start and a process to measure (`Contender`); the simulators and
 `influxd` run in processes of their own so that only the contender's CPU is counted.
@@ -37,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 BIN = Path(sys.executable).parent  # the venv's bin, where `aguante` is installed
 sys.path.insert(0, str(ROOT))  # for tests.services (the tests' own influxd harness)
+
+import mqtt_bench  # noqa: E402  (benchmarks/, the script's own directory)
 
 from tests.services import InfluxDB  # noqa: E402
 
@@ -673,6 +677,7 @@ def write_report(
     results: dict[str, list[Measurement]],
     args: argparse.Namespace,
     started: float,
+    mqtt_results: dict[str, list[mqtt_bench.MqttMeasurement]] | None = None,
 ) -> None:
     info = machine_description()
     lines = [
@@ -687,28 +692,35 @@ def write_report(
         f"aguante {info['aguante']}, {info['influxd']}",
         f"- command: `{' '.join(['benchmarks/run.py', *sys.argv[1:]])}` "
         f"({args.seconds:g} s measured per contender per shape after {args.warmup:g} s warm-up; "
-        "contenders one after the other, plain loop first)",
+        "contenders one after the other, plain loop first; MQTT: the plant rates for as long, "
+        f"bursts of {args.burst:,} messages, each contender {args.repeat}×)",
         "",
     ]
+    if results:
+        lines += ["## Modbus: polled devices", ""]
     for shape_name, measurements in results.items():
         lines += shape_table(SHAPES[shape_name], measurements)
-    lines += [
-        "## How to read this",
-        "",
-        HOW_TO_READ,
-    ]
+    if results:
+        lines += [
+            "### How to read the Modbus tables",
+            "",
+            HOW_TO_READ,
+        ]
+    lines += mqtt_bench.report_lines(mqtt_results or {}, args.repeat)
     path.write_text("\n".join(lines))
 
 
 # -- main ----------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> dict[str, list[Measurement]]:
+def run(
+    args: argparse.Namespace,
+) -> tuple[dict[str, list[Measurement]], dict[str, list[mqtt_bench.MqttMeasurement]]]:
     results: dict[str, list[Measurement]] = {}
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aguante-bench-")))
         influx = stack.enter_context(InfluxDB(workdir / "influxdb"))
-        for shape_name in args.shapes:
+        for shape_name in (s for s in args.shapes if s in SHAPES):
             shape = SHAPES[shape_name]
             print(f"== {shape.title}: starting {shape.devices} simulated devices", flush=True)
             with SimServer(shape, workdir) as sim:
@@ -732,7 +744,16 @@ def run(args: argparse.Namespace) -> dict[str, list[Measurement]]:
                         f"{m.peak_rss_kib / 1024:.0f} MiB peak",
                         flush=True,
                     )
-    return results
+        mqtt_results = mqtt_bench.run_mqtt(
+            [s for s in args.shapes if s in mqtt_bench.MQTT_SHAPES],
+            workdir=workdir,
+            influx=influx,
+            seconds=args.seconds,
+            burst=args.burst,
+            repeat=args.repeat,
+            progress=lambda line: print(line, flush=True),
+        )
+    return results, mqtt_results
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -744,18 +765,27 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--shapes",
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        default=list(SHAPES),
-        help=f"comma-separated, of: {', '.join(SHAPES)} (all)",
+        default=[*SHAPES, *mqtt_bench.MQTT_SHAPES],
+        help=f"comma-separated, of: {', '.join([*SHAPES, *mqtt_bench.MQTT_SHAPES])} (all)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="runs of each contender per MQTT shape (2)"
+    )
+    parser.add_argument(
+        "--burst", type=int, default=50_000, help="messages of an MQTT saturation run (50000)"
     )
     parser.add_argument(
         "--output", type=Path, default=BENCH / "RESULTS.md", help="report (benchmarks/RESULTS.md)"
     )
     args = parser.parse_args(argv)
-    unknown = [s for s in args.shapes if s not in SHAPES]
+    known = [*SHAPES, *mqtt_bench.MQTT_SHAPES]
+    unknown = [s for s in args.shapes if s not in known]
     if unknown:
-        parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}")
+        parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if args.seconds <= 0 or args.warmup < 1:
         parser.error("--seconds must be more than 0 and --warmup at least 1")
+    if args.repeat < 1 or args.burst < 1:
+        parser.error("--repeat and --burst must be at least 1")
     return args
 
 
@@ -768,11 +798,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminated)
     started = time.time()
     try:
-        results = run(args)
+        results, mqtt_results = run(args)
     except KeyboardInterrupt:
         print("interrupted; every process started was stopped", file=sys.stderr)
         return 130
-    write_report(args.output, results, args, started)
+    write_report(args.output, results, args, started, mqtt_results)
     print(f"wrote {args.output}")
     return 0
 

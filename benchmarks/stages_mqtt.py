@@ -1,0 +1,173 @@
+"""CPU per message of each stage of aguante's MQTT path, and of the plain subscriber's callback,
+timed in-process without a profiler (cProfile's per-call cost would inflate the stages made of
+many small calls), on the MQTT benchmark's own payloads.
+
+    .venv/bin/python benchmarks/stages_mqtt.py [--messages 20000] [--rounds 5]
+
+No broker or InfluxDB: the stages are called directly, as the collector calls them. The cross-
+thread hand-over (paho's thread → `call_soon_threadsafe` → asyncio.Queue → the source's
+iterator) is timed on its own, with an event loop and a thread doing only that. What no stage
+here covers — paho reading and decoding packets, the acks, the HTTP POSTs — is the difference
+between these sums and the benchmark's CPU per message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from mqtt_bench import MQTT_SHAPES, AguanteMqtt, MqttShape, MqttTarget, PlainSubscriber
+from mqtt_load import plain_sources, tasmota_sources
+from plain_mqtt import Subscriber
+
+from collector.app import Collector
+from collector.config import load_config
+from collector.delivery import MemoryBuffer
+from collector.lineprotocol import drop_nonfinite, encode_point
+from collector.schema import Point
+from collector.sinks.memory import MemorySink
+from collector.sources import Reading
+from collector.sources.mqtt import Delivered, MqttSource
+
+
+def messages(shape: MqttShape, count: int) -> list[tuple[str, bytes]]:
+    sources = (tasmota_sources if shape.payload == "tasmota" else plain_sources)(shape.sources)
+    now = time.time()
+    out = []
+    for k in range(count):
+        topic, payload = sources[k % len(sources)]
+        out.append((topic, payload(now + k / 1000)))
+    return out
+
+
+def cpu_us(function: Callable[[], object], count: int, rounds: int) -> float:
+    """Median over `rounds` of process CPU per item, µs, of `function` doing `count` items."""
+    results = []
+    for _ in range(rounds):
+        started = time.process_time()
+        function()
+        results.append((time.process_time() - started) / count * 1e6)
+    return statistics.median(results)
+
+
+def handover_us(count: int, rounds: int) -> float:
+    """paho's thread → loop.call_soon_threadsafe → asyncio.Queue → an async iterator, per item."""
+
+    async def one_round() -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[int] = asyncio.Queue()
+
+        def producer() -> None:
+            for k in range(count):
+                loop.call_soon_threadsafe(queue.put_nowait, k)
+
+        thread = threading.Thread(target=producer)
+        thread.start()
+        for _ in range(count):
+            await queue.get()
+        thread.join()
+
+    return cpu_us(lambda: asyncio.run(one_round()), count, rounds)
+
+
+def stages(shape: MqttShape, count: int, rounds: int, workdir: Path) -> list[tuple[str, float]]:
+    target = MqttTarget(shape, 1883, "http://127.0.0.1:8086", "stages", workdir, "stages")
+    config = load_config(AguanteMqtt().command(target)[-1])
+    source = MqttSource(config)
+    collector = Collector(config, sink=MemorySink(), sources=[source])
+    batch = messages(shape, count)
+    received = time.time_ns() // 1_000_000
+    delivered = [Delivered(topic, payload, received, None) for topic, payload in batch]
+    readings: list[Reading] = []
+    points: list[Point] = []
+
+    def handle() -> None:
+        readings.clear()
+        for message in delivered:
+            readings.extend(source.handle(message))
+
+    def to_points() -> None:
+        points.clear()
+        points.extend(collector.to_point(r) for r in readings)
+
+    def submit() -> None:  # Delivery.submit's work: drop non-finite fields, into the buffer
+        buffer = MemoryBuffer(10 * count)
+        buffer.put([drop_nonfinite(p)[0] for p in points])
+
+    def encode() -> None:  # InfluxDBSink.write's work for one batch
+        "".join(encode_point(p) + "\n" for p in points).encode()
+
+    def wrap() -> None:  # _on_message: a Delivered per message
+        for message in delivered:
+            Delivered(message.topic, bytes(message.payload), received, None)
+
+    results = [
+        ("aguante: _on_message's Delivered (paho thread)", cpu_us(wrap, count, rounds)),
+        ("aguante: hand-over to the loop (measured alone)", handover_us(count, rounds)),
+        ("aguante: MqttSource.handle (route, parse, coerce, stamp)", cpu_us(handle, count, rounds)),
+        ("aguante: Collector.to_point", cpu_us(to_points, count, rounds)),
+        ("aguante: Delivery.submit (drop_nonfinite, buffer)", cpu_us(submit, count, rounds)),
+        ("aguante: encode_point + join (sink)", cpu_us(encode, count, rounds)),
+    ]
+
+    spec_path = Path(PlainSubscriber().command(target)[-1])
+    subscriber = Subscriber(json.loads(spec_path.read_text()))
+    raw = []
+    for topic, payload in batch:
+        message = paho.MQTTMessage(0, topic.encode())
+        message.payload = payload
+        raw.append(message)
+    callback: Any = subscriber.client.on_message
+
+    def plain() -> None:
+        subscriber.lines = []
+        for message in raw:
+            callback(subscriber.client, None, message)
+
+    def plain_body() -> None:
+        ("\n".join(subscriber.lines) + "\n").encode()
+
+    results += [
+        ("plain: on_message (parse, line by hand)", cpu_us(plain, count, rounds)),
+        ("plain: join the batch", cpu_us(plain_body, count, rounds)),
+    ]
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--shapes", default="mqtt-tasmota,mqtt-plain", help="payload shapes (mqtt-tasmota,…)"
+    )
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="aguante-stages-") as tmp:
+        for name in args.shapes.split(","):
+            shape = MQTT_SHAPES[name.strip()]
+            print(
+                f"== {shape.payload} payloads, {args.messages:,} messages, median of "
+                f"{args.rounds} rounds: CPU µs per message"
+            )
+            rows = stages(shape, args.messages, args.rounds, Path(tmp))
+            ours = sum(us for label, us in rows if label.startswith("aguante"))
+            plain = sum(us for label, us in rows if label.startswith("plain"))
+            for label, us in rows:
+                print(f"{us:8.2f}  {label}")
+            print(f"{ours:8.2f}  aguante, these stages in all")
+            print(f"{plain:8.2f}  plain, these stages in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
