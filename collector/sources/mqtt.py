@@ -3,15 +3,16 @@ plain values and Sparkplug B, as the factory file maps their topics to machines 
 
 One broker connection for the whole config, with a persistent session and QoS 1: messages sent
 while the collector was away are delivered when it returns, and each is acknowledged only after
-its readings are in the buffer. paho's network thread hands messages to the event loop.
+its readings are in the buffer. paho runs on the event loop (its socket callbacks), no thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-import sys
+import threading
 import time
 import zoneinfo
 from collections import defaultdict
@@ -42,6 +43,8 @@ __all__ = ["Delivered", "MqttSource", "mqtt_sources"]
 
 log = logging.getLogger(__name__)
 
+RECONNECT_MIN, RECONNECT_MAX = 1.0, 60.0  # seconds between connection attempts
+READ_BURST = 256  # packets paho may read per wake-up of the socket
 # A Sparkplug edge node is asked for a rebirth at most once per this many seconds.
 REBIRTH_EVERY = 30.0
 # A topic's bad messages are logged at most once per this many seconds, with a sample.
@@ -125,6 +128,9 @@ class MqttSource:
         self._last_error = ""  # these two belong to paho's thread
         self._accepted = False
         self._client: paho.Client | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._sockets: set[Any] = set()
+        self._loop_thread = threading.get_ident()
         self._queue: asyncio.Queue[Delivered] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.messages = 0
@@ -133,12 +139,14 @@ class MqttSource:
 
     async def __aenter__(self) -> MqttSource:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._queue = asyncio.Queue()
         self._client = self._make_client()
+        # connect_async only records where to connect; _keep_connected does it, off the loop.
         self._client.connect_async(
             self.settings.host, self.settings.port, keepalive=self.settings.keepalive
         )
-        self._client.loop_start()
+        self._keeper = asyncio.create_task(self._keep_connected(), name=f"{self.name} link")
         return self
 
     async def __aexit__(
@@ -147,12 +155,103 @@ class MqttSource:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closing = True
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
         client, self._client = self._client, None
-        if client is not None:
-            self._closing = True
+        if client is None:
+            return
+        if client.socket() is not None:
             client.disconnect()
-            # loop_stop joins paho's thread; off the event loop, so a slow socket cannot block it.
-            await asyncio.to_thread(client.loop_stop)
+            # paho closes the socket once its DISCONNECT is written; give it a moment.
+            for _ in range(20):
+                if client.socket() is None:
+                    break
+                client.loop_write()
+                await asyncio.sleep(0.01)
+        self._forget_socket(client)
+        client.loop_misc()  # closes what is left
+        await asyncio.sleep(0)  # the transport's close runs on the next iteration
+
+    async def _keep_connected(self) -> None:
+        """Connect, reconnect with capped backoff, and run paho's keepalive every second."""
+        client = self._client
+        assert client is not None
+        backoff, first = RECONNECT_MIN, True
+        while True:
+            if client.socket() is None:
+                if not first:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, RECONNECT_MAX)
+                first = False
+                self._accepted = False
+                try:
+                    # A blocking TCP connect and TLS handshake: in a worker thread.
+                    await asyncio.to_thread(client.reconnect)
+                except (OSError, ValueError) as exc:
+                    reason = str(exc) or type(exc).__name__
+                    if isinstance(exc, ssl.SSLCertVerificationError):
+                        reason += (
+                            " (is mqtt.tls.ca_file the CA that signed the broker's certificate?)"
+                        )
+                    self._connect_failed(f"cannot connect: {reason}")
+                    continue
+            await asyncio.sleep(1.0)
+            if client.socket() is not None:
+                client.loop_misc()  # keepalive pings; drops a link that stopped answering
+                if self._connected:
+                    backoff = RECONNECT_MIN
+
+    # paho calls these four from reconnect() (in a worker thread) or from loop_read/loop_write
+    # (on the loop): reader and writer are (un)registered on the loop's thread either way.
+
+    def _on_socket_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        self._on_loop(self._watch, client, sock)
+
+    def _on_socket_close(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        self._on_loop(self._unwatch, sock)
+
+    def _on_register_write(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        self._on_loop(self._add_writer, client, sock)
+
+    def _on_unregister_write(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        self._on_loop(self._remove_writer, sock)
+
+    def _on_loop(self, function: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            function(*args)
+        else:
+            loop.call_soon_threadsafe(function, *args)
+
+    def _watch(self, client: paho.Client, sock: Any) -> None:
+        assert self._loop is not None
+        # Up to READ_BURST packets per wake-up: a burst of queued messages is read in few turns.
+        self._loop.add_reader(sock, client.loop_read, READ_BURST)
+        self._sockets.add(sock)
+
+    def _unwatch(self, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(sock)
+        self._loop.remove_writer(sock)
+        self._sockets.discard(sock)
+
+    def _add_writer(self, client: paho.Client, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.add_writer(sock, client.loop_write)
+
+    def _remove_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.remove_writer(sock)
+
+    def _forget_socket(self, client: paho.Client) -> None:
+        for sock in list(self._sockets):
+            self._unwatch(sock)
 
     def _make_client(self) -> paho.Client:
         settings = self.settings
@@ -174,15 +273,17 @@ class MqttSource:
             )
             client.tls_insecure_set(bool(tls and tls.insecure))
         client.manual_ack_set(True)
-        client.reconnect_delay_set(min_delay=1, max_delay=60)
         client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
         client.on_log = self._on_log
         client.on_message = self._on_message
         return client
 
-    # These three run on paho's thread: they only hand over to the event loop.
+    # paho's callbacks below run on the event loop's thread (inside loop_read and loop_write).
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
@@ -192,23 +293,14 @@ class MqttSource:
                 if "authori" in text.lower() or "password" in text.lower()
                 else ""
             )
-            self._call(self._connect_failed, f"the broker refused the connection: {text}{hint}")
+            self._connect_failed(f"the broker refused the connection: {text}{hint}")
             return
         # Subscriptions are renewed on every connect: a broker that lost its state (restarted
         # without persistence) would otherwise keep us connected and deaf.
         self._accepted = True
         qos: int = self.settings.qos
         client.subscribe([(f, qos) for f in self.filters])
-        self._call(self._link_state, True, "")
-
-    def _on_connect_fail(self, _c: paho.Client, _u: Any) -> None:
-        # Called inside paho's `except OSError`: the exception is the reason (TCP refused,
-        # TLS handshake failed). Only its text leaves this thread: it holds the socket.
-        exc = sys.exc_info()[1]
-        reason = str(exc) if exc is not None else "no answer"
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            reason += " (is mqtt.tls.ca_file the CA that signed the broker's certificate?)"
-        self._call(self._connect_failed, f"cannot connect: {reason}")
+        self._link_state(True, "")
 
     def _on_log(self, _c: paho.Client, _u: Any, level: int, text: str) -> None:
         if level == paho.MQTT_LOG_ERR:
@@ -219,11 +311,9 @@ class MqttSource:
         if not accepted and not self._closing:
             # Dropped before its CONNACK: paho says "Unspecified error"; its log says why.
             why = self._last_error or str(reason)
-            self._call(
-                self._connect_failed, f"the broker closed the connection before accepting it: {why}"
-            )
+            self._connect_failed(f"the broker closed the connection before accepting it: {why}")
             return
-        self._call(self._link_state, False, str(reason))
+        self._link_state(False, str(reason))
 
     def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         received_ms = time.time_ns() // 1_000_000
@@ -234,17 +324,8 @@ class MqttSource:
             def ack() -> None:
                 client.ack(mid, qos)
 
-        payload = bytes(message.payload)
-        self._call(self._enqueue, Delivered(message.topic, payload, received_ms, ack))
-
-    def _call(self, function: Callable[..., None], *args: Any) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(function, *args)
-
-    def _enqueue(self, delivered: Delivered) -> None:
         assert self._queue is not None
-        self._queue.put_nowait(delivered)
+        self._queue.put_nowait(Delivered(message.topic, bytes(message.payload), received_ms, ack))
 
     def _connect_failed(self, reason: str) -> None:
         self._connect_failures += 1
