@@ -117,6 +117,17 @@ class MqttSource:
                     )
                 )
         self.filters = sorted({route.pattern.filter for route in self._routes})
+        # A plant has a board or more per machine: topics without wildcards or placeholders are
+        # found by a dict lookup, not by trying every pattern on every message.
+        self._exact: dict[str, list[_Route]] = defaultdict(list)
+        self._patterned: list[_Route] = []
+        for route in self._routes:
+            if route.pattern.filter == route.pattern.template and not {"+", "#"} & set(
+                route.pattern.template.split("/")
+            ):
+                self._exact[route.pattern.template].append(route)
+            else:
+                self._patterned.append(route)
         self._topics: dict[str, _TopicHealth] = {}
         self._online: dict[str, bool] = {}
         self._last_arrival: dict[str, int] = {}
@@ -367,9 +378,11 @@ class MqttSource:
         """The readings one message gives; every problem is counted against its topic."""
         self.messages += 1
         topic = delivered.topic
-        matches = [
+        empty: dict[str, str] = {}
+        matches = [(route, empty) for route in self._exact.get(topic, ())]
+        matches += [
             (route, found)
-            for route in self._routes
+            for route in self._patterned
             if (found := route.pattern.match(topic)) is not None
         ]
         if not matches:
