@@ -53,7 +53,11 @@ def compose() -> dict[str, Any]:
 
 def test_compose_runs_influxdb_and_the_collector_with_secrets_from_the_environment() -> None:
     services = compose()["services"]
-    assert {"influxdb", "collector", "simulators"} <= set(services)
+    assert {"influxdb", "mosquitto", "collector", "simulators"} <= set(services)
+    assert services["collector"]["environment"]["AGUANTE_MQTT_URL"] == "mqtt://mosquitto:1883"
+    for volume in services["mosquitto"]["volumes"]:
+        source = volume.split(":", 1)[0]
+        assert not source.startswith("./") or (ROOT / source).exists(), volume
     assert services["collector"]["command"][0] == "collect"
     assert services["simulators"]["profiles"] == ["demo"]
     for name, service in services.items():
