@@ -601,7 +601,7 @@ class Config(_Model):
                     f"machines[{index}].sector",
                     f"{machine.sector!r} is not among the sectors ({', '.join(sector_ids)})",
                 )
-        _check_field_types(self.machines)
+        _check_field_types(self.machines, self.mqtt.subscriptions)
         _check_subscriptions(self, [m.id for m in self.machines])
         serial: dict[str, tuple[str, tuple[object, ...]]] = {}
         for index, machine in enumerate(self.machines):
@@ -641,10 +641,22 @@ def _signals_of(machine: Machine, m_index: int) -> list[tuple[str, Signal | Mqtt
     return found
 
 
-def _check_field_types(machines: list[Machine]) -> None:
+def _check_field_types(machines: list[Machine], subscriptions: list[MqttSubscription]) -> None:
     # InfluxDB keeps one type per field name in a measurement, whichever series writes it: a
     # `pressure` stored as integer on one machine and as float on another loses the second.
     first: dict[str, tuple[str, str]] = {}
+
+    def same_type(where: str, owner_name: str, signal: Signal | MqttSignal) -> None:
+        kind = signal.field_kind
+        owner, owner_kind = first.setdefault(signal.name, (owner_name, kind))
+        if owner_kind != kind:
+            raise _FieldProblem(
+                where,
+                f"{signal.name!r} would be stored as {_KIND_NAMES[kind]} here but as "
+                f"{_KIND_NAMES[owner_kind]} on {owner!r}, and InfluxDB keeps one type per "
+                "field name; rename one, or write `store_as: float` on the integer one",
+            )
+
     for m_index, machine in enumerate(machines):
         own: set[str] = set()
         for where, signal in _signals_of(machine, m_index):
@@ -654,16 +666,11 @@ def _check_field_types(machines: list[Machine]) -> None:
                     f"{signal.name!r} is already a signal of {machine.id!r} from another source",
                 )
             own.add(signal.name)
-            kind = signal.field_kind
-            owner, owner_kind = first.setdefault(signal.name, (machine.id, kind))
-            if owner_kind != kind:
-                raise _FieldProblem(
-                    where,
-                    f"{signal.name!r} would be stored as {_KIND_NAMES[kind]} here but as "
-                    f"{_KIND_NAMES[owner_kind]} on "
-                    f"{owner!r}, and InfluxDB keeps one type per field name; rename one, or "
-                    "write `store_as: float` on the integer one",
-                )
+            same_type(where, machine.id, signal)
+    for b_index, board in enumerate(subscriptions):
+        for s_index, mqtt_signal in enumerate(board.signals):
+            where = f"mqtt.subscriptions[{b_index}].signals[{s_index}]"
+            same_type(where, board.machine or board.topic, mqtt_signal)
 
 
 def _check_subscriptions(config: Config, machine_ids: list[str]) -> None:

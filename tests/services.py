@@ -262,6 +262,7 @@ class Mosquitto(_Service):
             if not user or ":" in user:
                 raise ValueError(f"{user!r}: a Mosquitto user name is not empty and has no ':'")
         self.tls = tls
+        self.persistence = True  # False: a restart forgets sessions, as a broker without it does
         self.require_certificate = require_certificate
         self.users = dict(users) if users is not None else None
         self._passwd = _find_passwd_tool() if users is not None else None
@@ -277,7 +278,7 @@ class Mosquitto(_Service):
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true" if self.users is None else "allow_anonymous false",
-            "persistence true",
+            f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.root}/",
             f"log_dest file {self.log_path}",
             "log_type error",

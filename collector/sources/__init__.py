@@ -24,7 +24,7 @@ class Reading:
     """The signals of one machine read at one instant (UTC milliseconds).
 
     `ack`, when set, is called once the reading is in the buffer: a streamed source confirms
-    its message to the broker only then, so a crash before that cannot lose it.
+    its message to the broker only then (the buffer is in memory until it becomes durable).
     """
 
     machine: str

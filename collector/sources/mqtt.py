@@ -34,16 +34,18 @@ from collector.sources.mqtt_formats import (
     make_parser,
     plausible_time,
 )
-from collector.sources.sparkplug import SparkplugMetric, encode_payload
+from collector.sources.sparkplug import DATATYPES, SparkplugMetric, encode_payload
 from collector.topics import AVAILABILITY_KINDS, TopicPattern, topic_layout
-
-BOOLEAN = 11  # Sparkplug B DataType
 
 __all__ = ["Delivered", "MqttSource", "mqtt_sources"]
 
 log = logging.getLogger(__name__)
 
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 60.0  # seconds between connection attempts
+MAX_TOPICS = 2000  # topics counted one by one in the collector measurement; the rest together
+OTHER_TOPICS = "_other"
+CONNECT_WAIT = 15.0  # seconds a stop waits for a connection attempt under way
+STALE_TIME_MS = 3_600_000  # a payload time this far behind arrival is stored, and counted
 READ_BURST = 256  # packets paho may read per wake-up of the socket
 # A Sparkplug edge node is asked for a rebirth at most once per this many seconds.
 REBIRTH_EVERY = 30.0
@@ -129,8 +131,8 @@ class MqttSource:
             else:
                 self._patterned.append(route)
         self._topics: dict[str, _TopicHealth] = {}
-        self._online: dict[str, bool] = {}
-        self._last_arrival: dict[str, int] = {}
+        self._online: dict[tuple[str, str], bool] = {}  # (machine, board topic) → online
+        self._last_arrival: dict[tuple[str, str], int] = {}  # (machine, field) → last stamp
         self._rebirth_asked: dict[str, float] = {}
         self._connected = False
         self._refused = False
@@ -138,6 +140,9 @@ class MqttSource:
         self._closing = False
         self._last_error = ""  # these two belong to paho's thread
         self._accepted = False
+        self._refused_now = False
+        self._generation = 0
+        self._connecting: asyncio.Future[Any] | None = None
         self._client: paho.Client | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._sockets: set[Any] = set()
@@ -172,6 +177,11 @@ class MqttSource:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            # The worker thread connects on whatever we cancel: let it end, then close.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connecting, CONNECT_WAIT)
         client, self._client = self._client, None
         if client is None:
             return
@@ -183,8 +193,10 @@ class MqttSource:
                     break
                 client.loop_write()
                 await asyncio.sleep(0.01)
-        self._forget_socket(client)
-        client.loop_misc()  # closes what is left
+        self._forget_sockets()
+        sock = client.socket()
+        if sock is not None:
+            sock.close()  # the DISCONNECT could not be written: close it ourselves
         await asyncio.sleep(0)  # the transport's close runs on the next iteration
 
     async def _keep_connected(self) -> None:
@@ -193,28 +205,36 @@ class MqttSource:
         assert client is not None
         backoff, first = RECONNECT_MIN, True
         while True:
-            if client.socket() is None:
-                if not first:
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, RECONNECT_MAX)
+            try:
+                if client.socket() is None:
+                    if not first:
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, RECONNECT_MAX)
+                    first = False
+                    self._accepted = False
+                    # A blocking TCP connect and TLS handshake: in a worker thread, shielded so
+                    # a stop waits for it and closes what it opened.
+                    self._connecting = asyncio.ensure_future(asyncio.to_thread(client.reconnect))
+                    await asyncio.shield(self._connecting)
+                    self._connecting = None
+                await asyncio.sleep(1.0)
+                if client.socket() is not None:
+                    client.loop_misc()  # keepalive pings; drops a link that stopped answering
+                    if self._connected:
+                        backoff = RECONNECT_MIN
+            except (OSError, ValueError) as exc:
+                self._connecting = None
+                reason = str(exc) or type(exc).__name__
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    reason += " (is mqtt.tls.ca_file the CA that signed the broker's certificate?)"
+                self._connect_failed(f"cannot connect: {reason}")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug here must not leave the collector deaf for good: log it and go on.
+                log.exception("%s: link keeper failed; reconnecting", self.name)
+                self._connecting = None
                 first = False
-                self._accepted = False
-                try:
-                    # A blocking TCP connect and TLS handshake: in a worker thread.
-                    await asyncio.to_thread(client.reconnect)
-                except (OSError, ValueError) as exc:
-                    reason = str(exc) or type(exc).__name__
-                    if isinstance(exc, ssl.SSLCertVerificationError):
-                        reason += (
-                            " (is mqtt.tls.ca_file the CA that signed the broker's certificate?)"
-                        )
-                    self._connect_failed(f"cannot connect: {reason}")
-                    continue
-            await asyncio.sleep(1.0)
-            if client.socket() is not None:
-                client.loop_misc()  # keepalive pings; drops a link that stopped answering
-                if self._connected:
-                    backoff = RECONNECT_MIN
 
     # paho calls these four from reconnect() (in a worker thread) or from loop_read/loop_write
     # (on the loop): reader and writer are (un)registered on the loop's thread either way.
@@ -242,6 +262,8 @@ class MqttSource:
 
     def _watch(self, client: paho.Client, sock: Any) -> None:
         assert self._loop is not None
+        if self._closing:
+            return
         # Up to READ_BURST packets per wake-up: a burst of queued messages is read in few turns.
         self._loop.add_reader(sock, client.loop_read, READ_BURST)
         self._sockets.add(sock)
@@ -260,7 +282,7 @@ class MqttSource:
         assert self._loop is not None
         self._loop.remove_writer(sock)
 
-    def _forget_socket(self, client: paho.Client) -> None:
+    def _forget_sockets(self) -> None:
         for sock in list(self._sockets):
             self._unwatch(sock)
 
@@ -305,10 +327,19 @@ class MqttSource:
                 else ""
             )
             self._connect_failed(f"the broker refused the connection: {text}{hint}")
+            self._refused_now = True  # the disconnect that follows is the same failure
             return
         # Subscriptions are renewed on every connect: a broker that lost its state (restarted
         # without persistence) would otherwise keep us connected and deaf.
         self._accepted = True
+        self._generation += 1
+        if self._generation > 1 and not getattr(_f, "session_present", True):
+            log.warning(
+                "%s: the broker kept no session for %s: messages sent while we were away are "
+                "lost (is persistence on?)",
+                self.name,
+                self.client_id,
+            )
         qos: int = self.settings.qos
         client.subscribe([(f, qos) for f in self.filters])
         self._link_state(True, "")
@@ -319,7 +350,8 @@ class MqttSource:
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         accepted, self._accepted = self._accepted, False
-        if not accepted and not self._closing:
+        refused_now, self._refused_now = self._refused_now, False
+        if not accepted and not self._closing and not refused_now:
             # Dropped before its CONNACK: paho says "Unspecified error"; its log says why.
             why = self._last_error or str(reason)
             self._connect_failed(f"the broker closed the connection before accepting it: {why}")
@@ -330,10 +362,13 @@ class MqttSource:
         received_ms = time.time_ns() // 1_000_000
         ack = None
         if message.qos > 0:
-            mid, qos = message.mid, message.qos
+            mid, qos, generation = message.mid, message.qos, self._generation
 
             def ack() -> None:
-                client.ack(mid, qos)
+                # A message id belongs to one connection: after a reconnect the broker sends
+                # the message again, and an old id could confirm another message.
+                if generation == self._generation and client.socket() is not None:
+                    client.ack(mid, qos)
 
         assert self._queue is not None
         self._queue.put_nowait(Delivered(message.topic, bytes(message.payload), received_ms, ack))
@@ -416,16 +451,17 @@ class MqttSource:
                 if exc.kind == "unknown_alias":
                     # Normal after a start: counted, and answered with a rebirth request.
                     self._count(topic, machine, exc.kind)
-                    self._request_rebirth(route.subscription.topic)
+                    self._request_rebirth(topic, machine)
                 else:
                     self._bad(topic, machine, exc.kind, str(exc), delivered)
                 continue
+            board = route.subscription.topic
             if parsed.online is not None:
-                self._availability(machine, parsed.online, topic)
+                self._availability(machine, board, parsed.online, topic)
             if route.kind in AVAILABILITY_KINDS and not parsed.values:
                 continue
             by_time: dict[int, dict[str, FieldValue]] = defaultdict(dict)
-            arrival: int | None = None
+            on_arrival: dict[str, FieldValue] = {}
             for value in parsed.values:
                 for signal in route.by_selector.get(value.selector, ()):
                     try:
@@ -435,48 +471,60 @@ class MqttSource:
                         continue
                     stamp = plausible_time(value.time_ms, delivered.received_ms)
                     if stamp != value.time_ms:
-                        if arrival is None:
-                            arrival = self._arrival_stamp(machine, delivered.received_ms)
-                        stamp = arrival
+                        on_arrival[signal.name] = stored
+                        continue
+                    if delivered.received_ms - stamp > STALE_TIME_MS:
+                        self._count(topic, machine, "old_time")
                     by_time[stamp][signal.name] = stored
-            if by_time and self._online.get(machine) is False:
-                self._availability(machine, True, topic)  # data means it is back
+            if on_arrival:
+                stamp = self._arrival_stamp(machine, on_arrival, delivered.received_ms)
+                by_time[stamp].update(on_arrival)
+            if by_time and self._online.get((machine, board)) is False:
+                self._availability(machine, board, True, topic)  # its data: it is back
             readings.extend(
                 Reading(machine, stamp, values) for stamp, values in sorted(by_time.items())
             )
         return readings
 
-    def _request_rebirth(self, base: str) -> None:
+    def _request_rebirth(self, topic: str, machine: str) -> None:
         # Data by alias whose birth we missed (we subscribed after it) is unreadable until the
         # edge node is born again: ask it, as Sparkplug host applications do, at most every
-        # REBIRTH_EVERY seconds per node.
-        group, node = base.split("/")[:2]
+        # REBIRTH_EVERY seconds per node. spBv1.0/<group>/<type>/<node>[/<device>]
+        levels = topic.split("/")
+        group, node = levels[1], levels[3]
         now = time.monotonic()
-        if (
-            self._client is None
-            or now - self._rebirth_asked.get(node, -REBIRTH_EVERY) < REBIRTH_EVERY
-        ):
+        node_key = f"{group}/{node}"
+        if now - self._rebirth_asked.get(node_key, -REBIRTH_EVERY) < REBIRTH_EVERY:
             return
-        self._rebirth_asked[node] = now
+        self._rebirth_asked[node_key] = now
+        self._count(topic, machine, "rebirth_requests")
+        if self._client is None:
+            return
         request = SparkplugMetric(
-            name="Node Control/Rebirth", datatype=BOOLEAN, value_field="boolean_value", value=True
+            name="Node Control/Rebirth",
+            datatype=DATATYPES["Boolean"],
+            value_field="boolean_value",
+            value=True,
         )
         payload = encode_payload([request], timestamp=time.time_ns() // 1_000_000)
         self._client.publish(f"spBv1.0/{group}/NCMD/{node}", payload, qos=0)
         log.info("%s/%s: asked for a rebirth (data by alias before any birth)", group, node)
 
-    def _arrival_stamp(self, machine: str, received_ms: int) -> int:
+    def _arrival_stamp(self, machine: str, fields: dict[str, FieldValue], received_ms: int) -> int:
         # A message without a time of its own is stamped on arrival. Messages queued by the
-        # broker arrive in a burst within one millisecond, and InfluxDB keeps one point per
-        # series and time: each gets the next free millisecond of its machine, or all but the
-        # last would be overwritten.
-        stamp = max(received_ms, self._last_arrival.get(machine, 0) + 1)
-        self._last_arrival[machine] = stamp
+        # broker arrive in a burst within one millisecond, and InfluxDB keeps one value per
+        # series, field and time: a field met again in the same millisecond moves on to the
+        # next free one, or all but the last would be overwritten. Different fields share it.
+        stamp = received_ms
+        for name in fields:
+            stamp = max(stamp, self._last_arrival.get((machine, name), 0) + 1)
+        for name in fields:
+            self._last_arrival[(machine, name)] = stamp
         return stamp
 
-    def _availability(self, machine: str, online: bool, topic: str) -> None:
-        before = self._online.get(machine)
-        self._online[machine] = online
+    def _availability(self, machine: str, board: str, online: bool, topic: str) -> None:
+        before = self._online.get((machine, board))
+        self._online[(machine, board)] = online
         if online and before is False:
             log.info("%s: board back online (%s)", machine, topic)
         elif not online and before is not False:
@@ -487,7 +535,12 @@ class MqttSource:
     def _count(self, topic: str, machine: str | None, what: str) -> _TopicHealth:
         health = self._topics.get(topic)
         if health is None:
-            health = self._topics[topic] = _TopicHealth(machine)
+            if len(self._topics) >= MAX_TOPICS:
+                # Wildcards can bring any number of topics: beyond the cap, one shared series.
+                topic, machine = OTHER_TOPICS, None
+                health = self._topics.get(topic)
+            if health is None:
+                health = self._topics[topic] = _TopicHealth(machine)
         health.counts[what] += 1
         return health
 
@@ -523,8 +576,10 @@ class MqttSource:
                 },
             )
         ]
-        for machine, online in sorted(self._online.items()):
-            records.append(HealthRecord(machine, {"up": online}, {"source": "mqtt"}))
+        for (machine, board), online in sorted(self._online.items()):
+            records.append(
+                HealthRecord(machine, {"up": online}, {"source": "mqtt", "board": board})
+            )
         for topic, health in sorted(self._topics.items()):
             fields: dict[str, FieldValue] = dict(health.counts)
             records.append(HealthRecord(health.machine, fields, {"topic": topic}))

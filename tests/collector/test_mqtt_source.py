@@ -6,6 +6,7 @@ import json
 
 from collector.config import parse_config
 from collector.sources.mqtt import Delivered, MqttSource
+from collector.sources.sparkplug import DATATYPES, SparkplugMetric, encode_payload
 
 CONFIG = """
 factory: coop
@@ -72,3 +73,57 @@ def test_messages_without_a_time_of_their_own_never_share_a_millisecond() -> Non
     # Another machine keeps its own clock.
     (other,) = mqtt.handle(Delivered("planta/bender-1/datos", b'{"count": 1}', NOW))
     assert other.time_ms == NOW
+
+
+def test_different_fields_of_one_instant_share_a_point() -> None:
+    mqtt = source()
+    (first,) = mqtt.handle(Delivered("planta/saw-1/valor/speed", b"10", NOW))
+    (second,) = mqtt.handle(Delivered("planta/bender-1/datos", b'{"count": 2}', NOW))
+    assert (first.time_ms, second.time_ms) == (NOW, NOW)
+    mqtt = MqttSource(
+        parse_config(
+            CONFIG.replace(
+                "signals: [{name: blade_speed, path: speed}]",
+                "signals: [{name: blade_speed, path: speed}, {name: feed, path: feed}]",
+            ),
+            environ={},
+        )
+    )
+    (speed,) = mqtt.handle(Delivered("planta/saw-1/valor/speed", b"10", NOW))
+    (feed,) = mqtt.handle(Delivered("planta/saw-1/valor/feed", b"3", NOW))
+    assert speed.time_ms == feed.time_ms == NOW  # two fields, one point: nothing to move
+
+
+SPARKPLUG = """
+factory: coop
+mqtt:
+  subscriptions:
+    - topic: metalworks/{machine}
+      format: sparkplug
+      signals: [{name: line_speed, path: Conveyor/Speed}]
+sectors: [{id: shop}]
+machines: [{id: line-a, sector: shop}, {id: line-b, sector: shop}]
+"""
+
+
+def test_each_sparkplug_node_under_a_placeholder_is_asked_for_its_own_rebirth() -> None:
+    mqtt = MqttSource(parse_config(SPARKPLUG, environ={}))
+    by_alias = encode_payload(
+        [SparkplugMetric(alias=7, datatype=DATATYPES["Double"], value=1.5)], timestamp=NOW
+    )
+    for node in ("line-a", "line-b", "line-a"):
+        assert mqtt.handle(Delivered(f"spBv1.0/metalworks/NDATA/{node}", by_alias, NOW)) == []
+    assert counts(mqtt, "spBv1.0/metalworks/NDATA/line-a") == {
+        "messages": 2,
+        "unknown_alias": 2,
+        "rebirth_requests": 1,  # the second within REBIRTH_EVERY is not asked again
+    }
+    assert counts(mqtt, "spBv1.0/metalworks/NDATA/line-b")["rebirth_requests"] == 1
+    # After its birth, a node's data by alias is read.
+    birth = encode_payload(
+        [SparkplugMetric(name="Conveyor/Speed", alias=7, datatype=DATATYPES["Double"], value=1.0)],
+        timestamp=NOW,
+    )
+    mqtt.handle(Delivered("spBv1.0/metalworks/NBIRTH/line-a", birth, NOW))
+    (reading,) = mqtt.handle(Delivered("spBv1.0/metalworks/NDATA/line-a", by_alias, NOW + 5))
+    assert (reading.machine, dict(reading.values)) == ("line-a", {"line_speed": 1.5})
