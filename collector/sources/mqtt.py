@@ -138,7 +138,7 @@ class MqttSource:
         self._refused = False
         self._connect_failures = 0
         self._closing = False
-        self._last_error = ""  # these two belong to paho's thread
+        self._last_error = ""  # paho's last error, for a connection dropped before its CONNACK
         self._accepted = False
         self._refused_now = False
         self._generation = 0
