@@ -16,7 +16,15 @@ from typing import Protocol
 from collector.config import Config
 from collector.schema import FieldValue
 
-__all__ = ["SOURCES", "DeviceHealth", "HealthRecord", "Reading", "Source", "build_sources"]
+__all__ = [
+    "SOURCES",
+    "DeviceHealth",
+    "HealthRecord",
+    "Reading",
+    "Source",
+    "Unavailable",
+    "build_sources",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,17 @@ class HealthRecord:
     machine: str | None
     fields: Mapping[str, FieldValue]
     tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """Signals of a machine its source knows it cannot see now (a device down, a board offline),
+    since a UTC time in milliseconds: the machine's state turns `unknown` at once, not after a
+    staleness timeout."""
+
+    machine: str
+    signals: frozenset[str]
+    since_ms: int
 
 
 @dataclass(slots=True)
@@ -89,6 +108,8 @@ class Source(Protocol):
     kind: str  # "modbus", "mqtt": names the source's own health points (machine=_<kind>)
 
     def health_records(self) -> list[HealthRecord]: ...
+
+    def unavailable(self) -> list[Unavailable]: ...
 
     def __aiter__(self) -> AsyncIterator[Reading]: ...
 

@@ -24,7 +24,7 @@ from collector.config import Config, Machine, ModbusDevice
 from collector.decode import DecodeError
 from collector.plan import ReadRequest, coalesce_reads
 from collector.schema import FieldValue
-from collector.sources import DeviceHealth, HealthRecord, Reading
+from collector.sources import DeviceHealth, HealthRecord, Reading, Unavailable
 
 __all__ = ["ModbusClient", "ModbusConnection", "ModbusResponse", "make_client", "modbus_sources"]
 
@@ -102,6 +102,7 @@ class _Polled:
     plan: list[ReadRequest]
     health: DeviceHealth
     due: float = 0.0
+    down_since_ms: int | None = None
 
 
 class ModbusConnection:
@@ -149,6 +150,13 @@ class ModbusConnection:
 
     def health_records(self) -> list[HealthRecord]:
         return [p.health.record() for p in self._polled]
+
+    def unavailable(self) -> list[Unavailable]:
+        return [
+            Unavailable(p.machine.id, frozenset(s.name for s in p.device.signals), p.down_since_ms)
+            for p in self._polled
+            if p.down_since_ms is not None
+        ]
 
     def last_frames(self) -> list[str]:
         """The last raw frames on this link, oldest first, for a bug report."""
@@ -253,6 +261,10 @@ class ModbusConnection:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s: last frames:\n  %s", self.name, "\n  ".join(self.last_frames()))
         health.up = up
+        if up:
+            polled.down_since_ms = None
+        elif polled.down_since_ms is None:
+            polled.down_since_ms = time.time_ns() // 1_000_000
 
     async def _poll(self, polled: _Polled) -> Reading | None:
         health = polled.health

@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.config import Config, MqttConfig, MqttSignal, MqttSubscription
 from collector.schema import FieldValue
-from collector.sources import HealthRecord, Reading
+from collector.sources import HealthRecord, Reading, Unavailable
 from collector.sources.mqtt_formats import (
     PayloadError,
     PayloadParser,
@@ -563,6 +563,9 @@ class MqttSource:
             )
 
     # -- health --------------------------------------------------------------------------------
+
+    def unavailable(self) -> list[Unavailable]:
+        return []  # TODO(#4): boards offline and a lost broker link
 
     def health_records(self) -> list[HealthRecord]:
         records = [

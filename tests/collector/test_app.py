@@ -14,7 +14,7 @@ from collector.app import Collector
 from collector.config import Config, parse_config
 from collector.schema import COLLECTOR, READING
 from collector.sinks.memory import MemorySink
-from collector.sources import DeviceHealth, HealthRecord, Reading
+from collector.sources import DeviceHealth, HealthRecord, Reading, Unavailable
 
 CONFIG = """
 factory: coop
@@ -42,6 +42,9 @@ class ScriptedSource:
 
     def health_records(self) -> list[HealthRecord]:
         return [DeviceHealth("press-1", polls=self.starts, up=True).record()]
+
+    def unavailable(self) -> list[Unavailable]:
+        return []
 
     async def __aenter__(self) -> Self:
         return self

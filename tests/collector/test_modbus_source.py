@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -116,8 +117,12 @@ async def test_a_silent_unit_is_logged_down_once_and_back_once(
         await take(gateway, 5)  # five polls of press-2 while press-1 stays silent
         health = gateway.health()[0]
         assert health.timeouts >= 4
+        (silent,) = gateway.unavailable()  # the collector turns its state unknown at once
+        assert silent.machine == "press-1" and "cycles" in silent.signals
+        assert abs(silent.since_ms - time.time() * 1000) < 5000
         link.faults.clear()
         readings = await take(gateway, 10)
+        assert gateway.unavailable() == []
     assert "press-1" in {r.machine for r in readings}
     assert caplog.text.count("press-1: device down") == 1
     assert caplog.text.count("press-1: device back") == 1
