@@ -6,7 +6,9 @@ one YAML file validated here before any socket opens. Secrets never come from th
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
+import itertools
 import os
 import re
 import zoneinfo
@@ -19,6 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -29,20 +32,34 @@ from pydantic import (
 from collector.topics import AVAILABILITY_KINDS, filters_overlap, to_filter, topic_layout
 
 __all__ = [
+    "DEFAULT_STOP_REASONS",
     "ENV_OVERRIDES",
+    "LANGUAGES",
     "REGISTER_COUNT",
+    "WEEKDAYS",
+    "Break",
+    "Calendar",
+    "CalendarChange",
+    "Condition",
     "Config",
     "ConfigError",
     "ConfigProblem",
+    "Counters",
     "InfluxDBConfig",
+    "Language",
     "Machine",
     "ModbusDevice",
     "MqttConfig",
     "MqttSignal",
     "MqttSubscription",
     "MqttTLS",
+    "PartCounter",
     "Sector",
+    "Shift",
     "Signal",
+    "StateName",
+    "StateRules",
+    "StopReason",
     "config_warnings",
     "json_schema",
     "load_config",
@@ -540,6 +557,316 @@ class MqttConfig(_Model):
         return self.url.startswith("mqtts://") or self.tls is not None
 
 
+# -- capacity use: machine state, counters, shifts, stop reasons (docs/capacity.md) -------------
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Language = Literal["es", "pt-BR", "en"]
+LANGUAGES: tuple[Language, ...] = ("es", "pt-BR", "en")
+ReasonCategory = Literal["demand", "supply", "machine", "people", "planned", "other"]
+StateName = Literal["unknown", "off", "idle", "running", "down"]
+ConditionValue = bool | int | float | str
+
+
+def _clock_time(value: Any) -> Any:
+    # YAML 1.1 reads an unquoted 06:30 as the base-60 number 390: read it back as a time.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
+        return dt.time(value // 60, value % 60)
+    if isinstance(value, str) and value.strip() in ("24:00", "24:00:00"):
+        raise ValueError("write midnight as 00:00")
+    return value
+
+
+ClockTime = Annotated[dt.time, BeforeValidator(_clock_time)]
+
+
+def _minutes(t: dt.time) -> int:
+    return t.hour * 60 + t.minute
+
+
+class Break(_Model):
+    """A pause inside a shift (lunch, a tea break): not planned time."""
+
+    start: ClockTime
+    end: ClockTime
+
+
+class Shift(_Model):
+    """A shift on some weekdays, in the plant's time zone; it may end the next day."""
+
+    name: Name
+    days: list[Weekday] = Field(min_length=1, description="The days the shift starts on.")
+    start: ClockTime = Field(description='"HH:MM"; quote it in YAML.')
+    end: ClockTime = Field(description="Before `start` when the shift ends the next day.")
+    breaks: list[Break] = Field(default_factory=list)
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _day_names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [v.lower()[:3] if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Shift:
+        if self.start == self.end:
+            raise _FieldProblem("end", "equal to start; a 24-hour shift is two shifts")
+        length = self.length_minutes
+        taken: list[tuple[int, int]] = []
+        for index, pause in enumerate(self.breaks):
+            begin = (_minutes(pause.start) - _minutes(self.start)) % (24 * 60)
+            end = (_minutes(pause.end) - _minutes(self.start)) % (24 * 60)
+            if not 0 <= begin < end <= length:
+                raise _FieldProblem(
+                    f"breaks[{index}]",
+                    f"{pause.start:%H:%M}-{pause.end:%H:%M} is not inside the shift "
+                    f"{self.start:%H:%M}-{self.end:%H:%M}",
+                )
+            if any(begin < e and b < end for b, e in taken):
+                raise _FieldProblem(f"breaks[{index}]", "overlaps another break")
+            taken.append((begin, end))
+        return self
+
+    @property
+    def length_minutes(self) -> int:
+        return (_minutes(self.end) - _minutes(self.start)) % (24 * 60)
+
+
+def _check_shift_overlaps(shifts: list[Shift], where: str) -> None:
+    # Minutes of the week each shift covers; two shifts at once would count planned time twice.
+    week = 7 * 24 * 60
+    taken: list[tuple[int, int, str]] = []
+    for index, shift in enumerate(shifts):
+        for day in shift.days:
+            begin = WEEKDAYS.index(day) * 24 * 60 + _minutes(shift.start)
+            for b, e, other in taken:
+                for offset in (-week, 0, week):
+                    if begin < e + offset and b + offset < begin + shift.length_minutes:
+                        raise _FieldProblem(
+                            f"{where}[{index}]",
+                            f"{shift.name!r} starting on {day} overlaps {other!r}; planned "
+                            "time would count twice",
+                        )
+            taken.append((begin, begin + shift.length_minutes, shift.name))
+    names = [s.name for s in shifts]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise _FieldProblem(f"{where}[{index}].name", f"{name!r} is used twice")
+
+
+class CalendarChange(_Model):
+    """A period with other shifts than the usual week, e.g. a second shift voted for a month."""
+
+    start: dt.date = Field(alias="from", description="First day of the period.")
+    end: dt.date = Field(alias="to", description="Last day of the period (included).")
+    note: str | None = None
+    shifts: list[Shift] = Field(description="The shifts in force then; [] for none at all.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CalendarChange:
+        if self.end < self.start:
+            raise _FieldProblem("to", f"{self.end} is before from ({self.start})")
+        _check_shift_overlaps(self.shifts, "shifts")
+        return self
+
+
+class Calendar(_Model):
+    """When the plant plans to work; time outside shifts is not planned time."""
+
+    shifts: list[Shift] = Field(default_factory=list)
+    holidays: list[dt.date] = Field(default_factory=list, description="No shift starts then.")
+    changes: list[CalendarChange] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Calendar:
+        _check_shift_overlaps(self.shifts, "shifts")
+        spans = sorted((c.start, c.end, i) for i, c in enumerate(self.changes))
+        for (_, end, _), (start, _, index) in itertools.pairwise(spans):
+            if start <= end:
+                raise _FieldProblem(f"changes[{index}].from", "overlaps another change's period")
+        return self
+
+
+class Condition(_Model):
+    """When a state holds, from one signal of the machine."""
+
+    signal: Name
+    equals: ConditionValue | list[ConditionValue] | None = None
+    above: float | None = None
+    clear_below: float | None = Field(None, description="With `above`: hysteresis.")
+    below: float | None = None
+    clear_above: float | None = Field(None, description="With `below`: hysteresis.")
+    advanced_within: float | None = Field(
+        None, gt=0, le=86400, description="Seconds: the signal (a counter) changed lately."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Condition:
+        given = [
+            k
+            for k in ("equals", "above", "below", "advanced_within")
+            if getattr(self, k) is not None
+        ]
+        if len(given) != 1:
+            raise _FieldProblem(
+                "signal" if not given else given[1],
+                "give exactly one of equals, above, below, advanced_within",
+            )
+        if self.clear_below is not None:
+            if self.above is None:
+                raise _FieldProblem("clear_below", "only with `above`")
+            if self.clear_below > self.above:
+                raise _FieldProblem(
+                    "clear_below", f"{self.clear_below} is above `above` ({self.above})"
+                )
+        if self.clear_above is not None:
+            if self.below is None:
+                raise _FieldProblem("clear_above", "only with `below`")
+            if self.clear_above < self.below:
+                raise _FieldProblem(
+                    "clear_above", f"{self.clear_above} is below `below` ({self.below})"
+                )
+        return self
+
+
+class StateRules(_Model):
+    """How a machine's state is recognised from its signals (docs/capacity.md)."""
+
+    running: Condition
+    down: Condition | None = None
+    off: Condition | None = None
+    min_duration: float = Field(
+        5.0, ge=0, le=600, description="Seconds a new state must hold before it counts."
+    )
+    micro_stop: float = Field(
+        120.0, ge=0, le=3600, description="Stops shorter than this are micro-stops."
+    )
+    stale_after: float | None = Field(
+        None,
+        ge=0,
+        le=86400,
+        description="Seconds without a value before the state is unknown; 0 = only when the "
+        "source says the device is gone. Default: 3 polls + timeout for Modbus signals, "
+        "availability only for MQTT signals.",
+    )
+
+    @property
+    def conditions(self) -> dict[str, Condition]:
+        found = {"off": self.off, "down": self.down, "running": self.running}
+        return {state: c for state, c in found.items() if c is not None}
+
+
+class PartCounter(_Model):
+    """Parts from a counting register, or one part per rising edge of a boolean input."""
+
+    signal: Name
+    kind: Literal["counter", "pulse"] = "counter"
+    wrap: Literal[16, 32, 64] | None = Field(
+        None, description="Bits after which the counter starts over; from the Modbus type."
+    )
+    parts_per_count: float = Field(1.0, gt=0, description="E.g. 4 for a four-cavity mould.")
+    max_step: int | None = Field(
+        None, ge=1, description="A larger jump between two readings is a glitch, not parts."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PartCounter:
+        if self.kind == "pulse" and self.wrap is not None:
+            raise _FieldProblem("wrap", "a pulse input does not wrap; leave it out")
+        return self
+
+
+class Counters(_Model):
+    produced: PartCounter | None = None
+    rejected: PartCounter | None = None
+
+
+class StopReason(_Model):
+    """Why a machine stopped, as the plant names it; the category groups losses in reports."""
+
+    id: Name
+    category: ReasonCategory
+    label: dict[Language, str] = Field(
+        default_factory=dict, description="Its name per language; the default reasons have one."
+    )
+
+    @model_validator(mode="after")
+    def _named(self) -> StopReason:
+        if not self.label and self.id not in _DEFAULT_REASON_IDS:
+            raise _FieldProblem("label", f"{self.id!r} needs a name: label: {{es: ..., en: ...}}")
+        return self
+
+    def name(self, language: Language) -> str:
+        """Its name in a language, else the default reason's, else any name it has."""
+        if language in self.label:
+            return self.label[language]
+        default = next((r for r in DEFAULT_STOP_REASONS if r.id == self.id), None)
+        if default is not None and language in default.label:
+            return default.label[language]
+        return next(iter(self.label.values()), self.id)
+
+
+_DEFAULT_REASON_IDS = frozenset(
+    {
+        "no_material",
+        "no_orders",
+        "breakdown",
+        "waiting_maintenance",
+        "no_operator",
+        "power_cut",
+        "setup",
+        "planned_maintenance",
+        "assembly",
+        "other",
+    }
+)
+
+
+def _reason(reason_id: str, category: ReasonCategory, es: str, pt: str, en: str) -> StopReason:
+    return StopReason(id=reason_id, category=category, label={"es": es, "pt-BR": pt, "en": en})
+
+
+DEFAULT_STOP_REASONS: tuple[StopReason, ...] = (
+    _reason(
+        "no_material",
+        "supply",
+        "Falta de materia prima",
+        "Falta de matéria-prima",
+        "No raw material",
+    ),
+    _reason("no_orders", "demand", "Sin pedidos", "Sem pedidos", "No orders"),
+    _reason("breakdown", "machine", "Rotura", "Quebra", "Breakdown"),
+    _reason(
+        "waiting_maintenance",
+        "machine",
+        "Esperando mantenimiento",
+        "Aguardando manutenção",
+        "Waiting for maintenance",
+    ),
+    _reason("no_operator", "people", "Sin operario", "Sem operador", "No operator"),
+    _reason("power_cut", "other", "Corte de luz", "Falta de energia", "Power cut"),
+    _reason(
+        "setup",
+        "machine",
+        "Preparación / cambio de matriz",
+        "Preparação / troca de ferramenta",
+        "Setup / changeover",
+    ),
+    _reason(
+        "planned_maintenance",
+        "planned",
+        "Mantenimiento planificado",
+        "Manutenção planejada",
+        "Planned maintenance",
+    ),
+    _reason(
+        "assembly", "planned", "Asamblea / reunión", "Assembleia / reunião", "Assembly / meeting"
+    ),
+    _reason("other", "other", "Otro", "Outro", "Other"),
+)
+assert {r.id for r in DEFAULT_STOP_REASONS} == _DEFAULT_REASON_IDS
+
+
 class Machine(_Model):
     """A machine on the floor, its sector and where its signals come from."""
 
@@ -550,9 +877,18 @@ class Machine(_Model):
     mqtt: list[MqttSubscription] = Field(
         default_factory=list, description="The machine's add-on boards publishing over MQTT."
     )
+    rated_per_hour: float | None = Field(
+        None, gt=0, description="Parts per hour at rated speed: capacity and performance."
+    )
+    state: StateRules | None = Field(None, description="How running / idle / down is recognised.")
+    counters: Counters = Counters()
 
     @model_validator(mode="after")
     def _own_topics(self) -> Machine:
+        if self.state is None and (self.counters.produced or self.counters.rejected):
+            raise _FieldProblem(
+                "counters", "parts are counted per minute of state: give the machine a `state`"
+            )
         for index, subscription in enumerate(self.mqtt):
             if subscription.machine not in (None, self.id):
                 raise _FieldProblem(
@@ -575,6 +911,16 @@ class Config(_Model):
     mqtt: MqttConfig = MqttConfig()
     stats_interval: float = Field(
         10.0, gt=0, le=3600, description="Seconds between points of the collector measurement."
+    )
+    language: Language = Field("es", description="Of command-line tables and reason names.")
+    state_file: str = Field(
+        "aguante-state.json",
+        description="Where the collector keeps machine states and counters across restarts.",
+    )
+    calendar: Calendar = Calendar()
+    stop_reasons: list[StopReason] = Field(
+        default_factory=lambda: list(DEFAULT_STOP_REASONS),
+        description="Replaces the default list (docs/capacity.md) when given.",
     )
     sectors: list[Sector] = Field(min_length=1)
     machines: list[Machine] = Field(min_length=1)
@@ -603,6 +949,8 @@ class Config(_Model):
                 )
         _check_field_types(self.machines, self.mqtt.subscriptions)
         _check_subscriptions(self, [m.id for m in self.machines])
+        _check_state_signals(self)
+        _unique([r.id for r in self.stop_reasons], "stop_reasons")
         serial: dict[str, tuple[str, tuple[object, ...]]] = {}
         for index, machine in enumerate(self.machines):
             device = machine.modbus
@@ -620,6 +968,22 @@ class Config(_Model):
 
     def sector_of(self, machine: Machine) -> Sector:
         return next(s for s in self.sectors if s.id == machine.sector)
+
+    def signals_of(self, machine: Machine) -> dict[str, Signal | MqttSignal]:
+        """Every signal the machine can have, by name: its own and shared subscriptions'."""
+        found: dict[str, Signal | MqttSignal] = {
+            signal.name: signal for _, signal in _signals_of(machine, 0)
+        }
+        for board in self.mqtt.subscriptions:
+            if board.machine == machine.id or (
+                board.machine is None and "{machine}" in board.topic
+            ):
+                for mqtt_signal in board.signals:
+                    found.setdefault(mqtt_signal.name, mqtt_signal)
+        return found
+
+    def reason(self, reason_id: str) -> StopReason | None:
+        return next((r for r in self.stop_reasons if r.id == reason_id), None)
 
 
 _KIND_NAMES = {"int": "integer", "float": "float", "bool": "boolean", "str": "string"}
@@ -702,6 +1066,47 @@ def _check_subscriptions(config: Config, machine_ids: list[str]) -> None:
                         "would be read by both",
                     )
             seen.append((where, mqtt_filter))
+
+
+def _check_state_signals(config: Config) -> None:
+    for index, machine in enumerate(config.machines):
+        if machine.state is None:
+            continue
+        signals = config.signals_of(machine)
+        uses: list[tuple[str, str, str]] = [
+            (f"machines[{index}].state.{state}", c.signal, _condition_kind(c))
+            for state, c in machine.state.conditions.items()
+        ]
+        for role in ("produced", "rejected"):
+            counter = getattr(machine.counters, role)
+            if counter is not None:
+                uses.append((f"machines[{index}].counters.{role}", counter.signal, counter.kind))
+        for where, name, use in uses:
+            signal = signals.get(name)
+            if signal is None:
+                known = ", ".join(sorted(signals)) or "none"
+                raise _FieldProblem(
+                    f"{where}.signal",
+                    f"{name!r} is not a signal of {machine.id!r} (its signals: {known})",
+                )
+            kind = signal.field_kind
+            if use in ("above", "below", "counter") and kind not in ("int", "float"):
+                raise _FieldProblem(
+                    f"{where}.signal",
+                    f"{name!r} is {_KIND_NAMES[kind]}; `{use}` needs a number",
+                )
+            if use == "pulse" and kind != "bool":
+                raise _FieldProblem(
+                    f"{where}.signal", f"{name!r} is {_KIND_NAMES[kind]}; a pulse needs a boolean"
+                )
+
+
+def _condition_kind(condition: Condition) -> str:
+    if condition.above is not None:
+        return "above"
+    if condition.below is not None:
+        return "below"
+    return "equals" if condition.equals is not None else "advanced_within"
 
 
 def _unique(ids: list[str], where: str) -> None:

@@ -84,7 +84,7 @@ def test_all_problems_are_reported_together() -> None:
         "  machines[0].modbus.signals[0].type: 'int17' is not allowed; expected 'bool', 'int16', "
         "'uint16', 'int32', 'uint32', 'int64', 'uint64', 'float32', 'float64' or 'string'",
         "  poll: unknown key (hint: known keys: factory, timezone, influxdb, mqtt, "
-        "stats_interval, sectors, machines)",
+        "stats_interval, language, state_file, calendar, stop_reasons, sectors, machines)",
     ]
 
 
@@ -108,3 +108,27 @@ def test_an_empty_influxdb_section_still_takes_the_environment() -> None:
     )
     config = parse_config(text, environ={"AGUANTE_INFLUXDB_URL": "http://influx.local:8086"})
     assert config.influxdb.url == "http://influx.local:8086"
+
+
+def test_capacity_settings_are_read_as_a_plant_writes_them() -> None:
+    config = load_config(GOLDEN / "capacity-valid" / "config.yaml", environ={})
+    morning, night = config.calendar.shifts
+    # YAML reads an unquoted 06:00 as the base-60 number 360: it must still be six o'clock.
+    assert (morning.start.hour, morning.start.minute, morning.end.hour) == (6, 0, 14)
+    assert morning.days == ["mon", "tue", "wed", "thu", "fri"]
+    assert night.length_minutes == 8 * 60
+    assert config.calendar.changes[0].note == "segundo turno"
+    assert config.language == "pt-BR"
+    gas, breakdown = config.stop_reasons
+    assert gas.name("pt-BR") == "Falta de gás" and gas.name("es") == "Falta de gás"
+    assert breakdown.name("es") == "Rotura"  # a default id keeps its default names
+    (press,) = config.machines
+    assert press.state is not None and press.state.running.clear_below == 3
+    assert press.counters.produced is not None and press.counters.produced.wrap is None
+
+
+def test_the_default_stop_reasons_are_named_in_every_language() -> None:
+    config = parse_config(MINIMAL, environ={})
+    assert len(config.stop_reasons) == 10
+    for reason in config.stop_reasons:
+        assert set(reason.label) == {"es", "pt-BR", "en"}
