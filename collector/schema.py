@@ -13,12 +13,17 @@ __all__ = [
     "COLLECTOR",
     "MACHINE_STATE",
     "READING",
+    "STATE_CODES",
     "STOP",
+    "STOP_FIELDS",
     "TAG_FACTORY",
     "TAG_MACHINE",
     "TAG_SECTOR",
+    "TAG_SHIFT",
     "TICKET",
     "UTILIZATION",
+    "UTILIZATION_COUNTS",
+    "UTILIZATION_SECONDS",
     "FieldValue",
     "Point",
 ]
@@ -33,6 +38,17 @@ COLLECTOR = "collector"
 TAG_FACTORY = "factory"
 TAG_SECTOR = "sector"
 TAG_MACHINE = "machine"
+TAG_SHIFT = "shift"  # on `utilization`: the shift a minute belongs to, absent outside shifts
+
+# `machine_state.code`, for state timelines that map numbers to colours.
+STATE_CODES = {"unknown": 0, "off": 1, "idle": 2, "running": 3, "down": 4}
+
+# `utilization`: additive per minute, so every KPI is a ratio of sums (docs/capacity.md).
+UTILIZATION_SECONDS = ("planned_s", "running_s", "idle_s", "down_s", "off_s", "unknown_s")
+UTILIZATION_COUNTS = ("produced", "rejected", "capacity", "running_capacity", "micro_stops")
+
+# `stop`, keyed by its start time; `reason` is written once by the collector, then by people.
+STOP_FIELDS = ("duration_s", "lost_s", "state", "open", "micro", "reason")
 
 FieldValue = bool | int | float | str
 
