@@ -764,7 +764,7 @@ class PartCounter(_Model):
     wrap: Literal[16, 32, 64] | None = Field(
         None, description="Bits after which the counter starts over; from the Modbus type."
     )
-    parts_per_count: float = Field(1.0, gt=0, description="E.g. 4 for a four-cavity mould.")
+    parts_per_count: int = Field(1, ge=1, le=10_000, description="E.g. 4 for a four-cavity mould.")
     max_step: int | None = Field(
         None, ge=1, description="A larger jump between two readings is a glitch, not parts."
     )
