@@ -306,6 +306,6 @@ def test_every_minute_sums_to_sixty_seconds_whatever_the_signals_do(
         states = sum(float(minute.fields[f"{s}_s"]) for s in ("running", "idle", "down", "off"))
         assert abs(states + float(minute.fields["unknown_s"]) - 60.0) < 1e-6
         assert 0 <= float(minute.fields["planned_s"]) <= 60.0
-    states = plant.of(MACHINE_STATE)
-    assert all(a.fields["state"] != b.fields["state"] for a, b in itertools.pairwise(states))
-    assert all(a.time_ms <= b.time_ms for a, b in itertools.pairwise(states))
+    changes = plant.of(MACHINE_STATE)
+    assert all(a.fields["state"] != b.fields["state"] for a, b in itertools.pairwise(changes))
+    assert all(a.time_ms <= b.time_ms for a, b in itertools.pairwise(changes))
