@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from collector.capacity import CapacityTracker
 from collector.config import Config
 from collector.delivery import Delivery
 from collector.schema import COLLECTOR, READING, Point
@@ -24,6 +25,8 @@ __all__ = ["Collector"]
 log = logging.getLogger(__name__)
 
 SOURCE_RESTART_DELAY = 5.0
+TICK_INTERVAL = 1.0  # machine states: staleness, pending changes, finished minutes
+CHECKPOINT_INTERVAL = 10.0  # at most this much of machine-state time is lost in a crash
 
 
 class Collector:
@@ -38,6 +41,9 @@ class Collector:
         quarantine_path: Path | None = None,
         flush_timeout: float = 10.0,
         restart_delay: float = SOURCE_RESTART_DELAY,
+        state_path: Path | None = None,
+        clock: Callable[[], float] = time.time,
+        tick_interval: float = TICK_INTERVAL,
     ) -> None:
         self.config = config
         self.sink = sink
@@ -50,6 +56,13 @@ class Collector:
             m: {"factory": config.factory, "sector": s, "machine": m} for m, s in sectors.items()
         }
         self.delivery: Delivery | None = None
+        self._state_path = state_path
+        self._clock = clock
+        self._tick_interval = tick_interval
+        self.capacity: CapacityTracker | None = None
+
+    def _now_ms(self) -> int:
+        return round(self._clock() * 1000)
 
     def to_point(self, reading: Reading) -> Point:
         return Point(READING, self._tags[reading.machine], reading.values, reading.time_ms)
@@ -65,6 +78,10 @@ class Collector:
             close_timeout=self._flush_timeout,
         )
         self.delivery = delivery
+        if any(m.state is not None for m in self.config.machines):
+            self.capacity = CapacityTracker(
+                self.config, now_ms=self._now_ms(), state_path=self._state_path
+            )
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(delivery)  # opens and closes the sink
             # Close order: sources stop before the delivery flushes what they gave it.
@@ -75,10 +92,16 @@ class Collector:
                 for source in self.sources
             ]
             tasks.append(asyncio.create_task(self._report(delivery), name="collector health"))
+            if self.capacity is not None:
+                tasks.append(
+                    asyncio.create_task(self._track(self.capacity, delivery), name="machine states")
+                )
             try:
                 await stop.wait()
             finally:
                 await _cancel_and_wait(tasks, self._flush_timeout)
+                if self.capacity is not None:
+                    delivery.submit(self.capacity.close(self._now_ms()))
                 delivery.submit(self._health_points())
         log.info("collector stopped")
 
@@ -87,6 +110,10 @@ class Collector:
             try:
                 async for reading in source:
                     delivery.submit([self.to_point(reading)])
+                    if self.capacity is not None:
+                        derived = self.capacity.observe(reading)
+                        if derived:
+                            delivery.submit(derived)
                     if reading.ack is not None:
                         reading.ack()
                 # A source that ends is started again, after the same pause as a failed one.
@@ -102,6 +129,22 @@ class Collector:
                     "%s: source failed; restarting in %.0f s", source.name, self._restart_delay
                 )
                 await asyncio.sleep(self._restart_delay)
+
+    async def _track(self, capacity: CapacityTracker, delivery: Delivery) -> None:
+        saved = time.monotonic()
+        while True:
+            await asyncio.sleep(self._tick_interval)
+            try:
+                unavailable = [u for source in self.sources for u in source.unavailable()]
+                points = capacity.tick(self._now_ms(), unavailable)
+                if points:
+                    delivery.submit(points)
+                if time.monotonic() - saved >= CHECKPOINT_INTERVAL:
+                    capacity.save()
+                    saved = time.monotonic()
+            except Exception:
+                # A bug here must not stop the readings; it is logged and tried again.
+                log.exception("machine states: tick failed")
 
     async def _report(self, delivery: Delivery) -> None:
         while True:
@@ -119,6 +162,11 @@ class Collector:
                 else:
                     tags = dict(self._tags[record.machine])
                 points.append(Point(COLLECTOR, tags | dict(record.tags), record.fields, now))
+        if self.capacity is not None:
+            for record in self.capacity.health_records():
+                if record.machine is not None:
+                    tags = self._tags[record.machine]
+                    points.append(Point(COLLECTOR, tags, record.fields, now))
         if self.delivery is not None:
             stats = self.delivery.stats()
             tags = {"factory": self.config.factory, "sector": "_collector", "machine": "_buffer"}

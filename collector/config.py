@@ -591,10 +591,13 @@ class Break(_Model):
     end: ClockTime
 
 
+ShiftName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\w.\-]+$")]
+
+
 class Shift(_Model):
     """A shift on some weekdays, in the plant's time zone; it may end the next day."""
 
-    name: Name
+    name: ShiftName = Field(description="Letters of any language, digits, _ . -: mañana, noite.")
     days: list[Weekday] = Field(min_length=1, description="The days the shift starts on.")
     start: ClockTime = Field(description='"HH:MM"; quote it in YAML.')
     end: ClockTime = Field(description="Before `start` when the shift ends the next day.")
@@ -749,6 +752,15 @@ class StateRules(_Model):
         "source says the device is gone. Default: 3 polls + timeout for Modbus signals, "
         "availability only for MQTT signals.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_off(cls, data: Any) -> Any:
+        # YAML 1.1 reads an unquoted `off:` key as the boolean false.
+        if isinstance(data, dict) and False in data and "off" not in data:
+            data = dict(data)
+            data["off"] = data.pop(False)
+        return data
 
     @property
     def conditions(self) -> dict[str, Condition]:

@@ -68,7 +68,9 @@ async def test_collect_runs_until_sigint_and_flushes(
     scenario = with_pty_dir(load_scenario("metalworks"), tmp_path)
     config = example_config(port_base, tmp_path, influxdb.url, influxdb.database)
     config_path = tmp_path / "factory.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(by_alias=True, exclude_none=True)))
+    config_path.write_text(
+        yaml.safe_dump(config.model_dump(mode="json", by_alias=True, exclude_none=True))
+    )
     async with run_scenario(scenario, port_base=port_base, start=MONDAY_MORNING, frozen=True):
         process = await asyncio.create_subprocess_exec(
             *AGUANTE,

@@ -45,6 +45,7 @@ def example_config(
     data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     data["influxdb"] = {"url": url, "database": database, "flush_interval": 0.1} | influx
     data["stats_interval"] = 0.5
+    data["state_file"] = str(pty_dir / "aguante-state.json")
     if mqtt_url is None:
         data.pop("mqtt", None)
         data["machines"] = [m for m in data["machines"] if "modbus" in m]
