@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -124,3 +125,142 @@ async def test_a_failing_source_is_logged_and_restarted(
     assert source.starts == 2
     assert "scripted: source failed; restarting in 0 s" in caplog.text
     assert any(p.measurement == READING for p in sink.points)
+
+
+STATE_CONFIG = """
+factory: coop
+stats_interval: 0.05
+influxdb: {flush_interval: 0.02}
+sectors: [{id: press}]
+machines:
+  - id: press-1
+    sector: press
+    rated_per_hour: 3600
+    modbus:
+      host: 127.0.0.1
+      port: 5020
+      signals:
+        - {name: cycles, table: holding, address: 0}
+        - {name: motor, table: coil, address: 0, type: bool}
+    state:
+      running: {signal: motor, equals: true}
+      min_duration: 0
+    counters:
+      produced: {signal: cycles}
+"""
+FAST = 600.0  # simulated seconds per wall second: ten minutes of plant time a second
+
+
+class FastClock:
+    """Plant time running FAST times quicker than the wall clock, from `start` (UTC s)."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.origin = asyncio.get_running_loop().time()
+
+    def __call__(self) -> float:
+        return self.start + (asyncio.get_running_loop().time() - self.origin) * FAST
+
+
+class ShiftingSource:
+    """A press that runs 90 s, stands 90 s, …; one cycle a second while it runs; and whose
+    device is reported unreachable while `lost` is set."""
+
+    name = "shifting"
+    kind = "scripted"
+
+    def __init__(self, clock: FastClock) -> None:
+        self.clock = clock
+        self.lost = False
+
+    def health_records(self) -> list[HealthRecord]:
+        return []
+
+    def unavailable(self) -> list[Unavailable]:
+        if not self.lost:
+            return []
+        since = round(self.clock() * 1000)
+        return [Unavailable("press-1", frozenset({"cycles", "motor"}), since)]
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    def __aiter__(self) -> AsyncIterator[Reading]:
+        return self._readings()
+
+    async def _readings(self) -> AsyncIterator[Reading]:
+        while True:
+            await asyncio.sleep(1 / FAST)
+            if self.lost:
+                continue
+            now = self.clock()
+            running = int(now // 90) % 2 == 0
+            cycles = int(now // 180) * 90 + min(int(now % 180), 90)  # counts only while running
+            yield Reading("press-1", round(now * 1000), {"cycles": cycles, "motor": running})
+
+
+async def test_states_stops_and_minutes_survive_a_restart(tmp_path: Path) -> None:
+    config = parse_config(STATE_CONFIG, environ={})
+    sink = MemorySink()
+    start = 1_764_000_000.0  # a whole minute
+    clock = FastClock(start)
+    source = ShiftingSource(clock)
+    first = Collector(
+        config,
+        sink=sink,
+        sources=[source],
+        quarantine_path=tmp_path / "q",
+        state_path=tmp_path / "state.json",
+        clock=clock,
+        tick_interval=0.005,
+    )
+    await run_for(first, 0.6)  # about six minutes of plant time
+    assert (tmp_path / "state.json").exists()
+    stopped_at = clock()
+
+    later = FastClock(stopped_at + 150)  # down for 150 s
+    source = ShiftingSource(later)
+    second = Collector(
+        config,
+        sink=sink,
+        sources=[source],
+        quarantine_path=tmp_path / "q",
+        state_path=tmp_path / "state.json",
+        clock=later,
+        tick_interval=0.005,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(second.run(stop))
+    await asyncio.sleep(0.3)
+    source.lost = True  # the device stops answering for a while
+    await asyncio.sleep(0.2)
+    source.lost = False
+    await asyncio.sleep(0.3)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+    minutes = [p for p in sink.points if p.measurement == "utilization"]
+    times = [p.time_ms for p in minutes]
+    assert times == sorted(set(times)), "a minute written twice"
+    first_minute = round(start * 1000)
+    assert times == list(range(first_minute, first_minute + 60_000 * len(times), 60_000))
+    assert len(times) >= 12
+    for minute in minutes:
+        states = ("running_s", "idle_s", "down_s", "off_s", "unknown_s")
+        assert abs(sum(float(minute.fields[s]) for s in states) - 60) < 1e-6
+    unknown = sum(float(m.fields["unknown_s"]) for m in minutes)
+    assert unknown >= 150 + 60  # the restart's gap and the lost device, at least
+    produced = sum(int(m.fields["produced"]) for m in minutes)
+    # Every cycle between the first and the last reading is counted once, across the restart
+    # and the lost device; those of the minute still open wait in the checkpoint.
+    cycles = [int(p.fields["cycles"]) for p in sink.points if p.measurement == "reading"]
+    saved = json.loads((tmp_path / "state.json").read_text())["machines"]["press-1"]
+    waiting = sum(counts[0] for counts in saved["minutes"].values())
+    assert produced > 0 and produced + waiting == cycles[-1] - cycles[0]
+    states = [p.fields["state"] for p in sink.points if p.measurement == "machine_state"]
+    assert {"running", "idle", "unknown"} <= set(states)
+    stops = [p for p in sink.points if p.measurement == "stop" and p.fields["open"] is False]
+    assert stops and all(float(p.fields["duration_s"]) > 0 for p in stops)
