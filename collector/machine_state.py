@@ -22,6 +22,7 @@ from collector.schema import (
     STOP,
     TAG_SHIFT,
     UTILIZATION,
+    UTILIZATION_HOURLY,
     FieldValue,
     Point,
 )
@@ -32,6 +33,7 @@ __all__ = ["MINUTE_MS", "MachineTracker", "stale_after_ms"]
 log = logging.getLogger(__name__)
 
 MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
 STOPPED: frozenset[str] = frozenset({"idle", "down", "off"})
 SETTLE_MS = 2_000  # beyond min_duration, before a minute is rolled up: ticks are 1 s apart
 MAX_ROLLUPS_PER_TICK = 1440
@@ -111,6 +113,8 @@ class MachineTracker:
     final_ms: int = 0  # minutes before this are rolled up and written
     segments: list[tuple[int, StateName]] = field(default_factory=list)
     minutes: dict[int, _Minute] = field(default_factory=dict)
+    # Sums of the rolled-up minutes of the hour under way, by (hour start, shift or "").
+    hours: dict[tuple[int, str], dict[str, int | float]] = field(default_factory=dict)
     open_stop: _Stop | None = None
     checks: dict[str, _Check] = field(default_factory=dict)
     seen_ms: dict[str, int] = field(default_factory=dict)
@@ -207,7 +211,7 @@ class MachineTracker:
         rolled = 0
         # After a long gap the minutes are caught up a day per tick, not all at once.
         while self.final_ms + MINUTE_MS <= horizon and rolled < MAX_ROLLUPS_PER_TICK:
-            points.append(self._rollup(self.final_ms))
+            points += self._rollup(self.final_ms)
             rolled += 1
         if rolled and stop is not None and stop.announced:
             points.append(self._stop_point(stop, now_ms, open_=True, first=False))
@@ -219,7 +223,7 @@ class MachineTracker:
         self.clock_ms = now_ms
         points = self._evaluate(now_ms)
         while self.final_ms + MINUTE_MS <= now_ms:
-            points.append(self._rollup(self.final_ms))
+            points += self._rollup(self.final_ms)
         return points
 
     # -- state ---------------------------------------------------------------------------------
@@ -319,7 +323,25 @@ class MachineTracker:
             minute = self.minutes[start] = _Minute()
         return minute
 
-    def _rollup(self, start: int) -> Point:
+    def _rollup(self, start: int) -> list[Point]:
+        """The minute from `start`, and the hour's sums when it is the hour's last minute."""
+        minute = self._minute_point(start)
+        key = (start - start % HOUR_MS, minute.tags.get(TAG_SHIFT, ""))
+        sums = self.hours.setdefault(key, {})
+        for name, value in minute.fields.items():
+            assert isinstance(value, int | float)
+            # Integers stay integers (InfluxDB keeps one type per field).
+            sums[name] = sums.get(name, 0) + value
+        points = [minute]
+        if (start + MINUTE_MS) % HOUR_MS == 0:
+            hour = start + MINUTE_MS - HOUR_MS
+            for hour_start, shift in sorted(k for k in self.hours if k[0] == hour):
+                fields: dict[str, FieldValue] = dict(self.hours.pop((hour_start, shift)))
+                tags = dict(self.tags) | ({TAG_SHIFT: shift} if shift else {})
+                points.append(Point(UTILIZATION_HOURLY, tags, fields, hour_start))
+        return points
+
+    def _minute_point(self, start: int) -> Point:
         end = start + MINUTE_MS
         seconds = dict.fromkeys(STATE_CODES, 0)
         running: list[tuple[int, int]] = []
@@ -382,6 +404,7 @@ class MachineTracker:
             ),
             "counters": {role: tally.last for role, tally in self.tallies.items()},
             "counted_ms": self.counted_ms,
+            "hours": [[h, shift, fields] for (h, shift), fields in self.hours.items()],
         }
 
     def resume(self, saved: Mapping[str, Any], now_ms: int, *, max_gap_ms: int) -> list[Point]:
@@ -404,6 +427,9 @@ class MachineTracker:
         else:
             self.segments = [(int(t), s) for t, s in saved["segments"]] or [(final_ms, "unknown")]
             self.minutes = {int(t): _Minute(*map(int, m)) for t, m in saved["minutes"].items()}
+            self.hours = {
+                (int(h), str(shift)): dict(fields) for h, shift, fields in saved.get("hours", [])
+            }
         self.final_ms = final_ms
         self.since_ms = saved_ms
         self.clock_ms = max(saved_ms, final_ms)

@@ -7,12 +7,20 @@ import itertools
 from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.config import Config, parse_config
 from collector.machine_state import MINUTE_MS, MachineTracker
-from collector.schema import MACHINE_STATE, STOP, UTILIZATION, FieldValue, Point
+from collector.schema import (
+    MACHINE_STATE,
+    STOP,
+    UTILIZATION,
+    UTILIZATION_HOURLY,
+    FieldValue,
+    Point,
+)
 from collector.shifts import ShiftCalendar
 
 CONFIG = """
@@ -309,3 +317,32 @@ def test_every_minute_sums_to_sixty_seconds_whatever_the_signals_do(
     changes = plant.of(MACHINE_STATE)
     assert all(a.fields["state"] != b.fields["state"] for a, b in itertools.pairwise(changes))
     assert all(a.time_ms <= b.time_ms for a, b in itertools.pairwise(changes))
+
+
+def test_each_hour_is_the_sum_of_its_minutes_across_a_restart() -> None:
+    config, first = make()
+    plant = Plant(first)
+    for _ in range(40):  # forty minutes of 40 s running, 20 s stopped, one stroke a second
+        for _ in range(40):
+            plant.run(1, current=6.0, strokes=int(plant.values["strokes"]) + 1)
+        plant.run(20, current=0.0)
+    plant.points += first.close(plant.now)
+    saved = first.checkpoint()
+    back = plant.now + 300 * S
+    calendar = ShiftCalendar(config.calendar, config.timezone)
+    second = MachineTracker.create(config, config.machines[0], calendar, back)
+    again = Plant(second, now=back)
+    again.values = dict(plant.values)
+    again.points += second.resume(saved, back, max_gap_ms=86_400_000)
+    again.run(80 * 60, current=6.0)  # to past the end of the second hour
+    points = plant.points + again.points
+    hours = [p for p in points if p.measurement == UTILIZATION_HOURLY]
+    minutes = [p for p in points if p.measurement == UTILIZATION]
+    assert [h.time_ms for h in hours] == [T0, T0 + 3_600_000]
+    for hour in hours:
+        inside = [m for m in minutes if hour.time_ms <= m.time_ms < hour.time_ms + 3_600_000]
+        assert len(inside) == 60
+        for name, value in hour.fields.items():
+            assert value == pytest.approx(total(inside, name)), name
+            assert type(value) is type(inside[0].fields[name]), name  # ints stay ints
+    assert total(hours, "unknown_s") == pytest.approx(300)
