@@ -1,4 +1,5 @@
-"""The `aguante` command line: check, schema, collect, and subcommands other packages register.
+"""The `aguante` command line: check, schema, collect, stops, import, and subcommands other
+packages register.
 
 Other packages add subcommands through the `aguante.commands` entry-point group, so this module
 never imports them (the simulators must share no code with the collector).
@@ -8,15 +9,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import logging
+import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from collector.config import ConfigError, config_warnings, json_schema, load_config
+from collector.config import (
+    LANGUAGES,
+    Config,
+    ConfigError,
+    Language,
+    config_warnings,
+    json_schema,
+    load_config,
+)
+from collector.i18n import translate
 
 __all__ = ["build_parser", "main"]
 
@@ -55,6 +70,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     collect.add_argument("config", type=Path, help="the factory YAML file")
     collect.set_defaults(func=_collect)
+
+    stops = commands.add_parser(
+        "stops",
+        help="list the machines' stops, or give a stop its reason",
+        description="List stops newest first with the planned time they lost by cause "
+        "(micro-stops only with --all); or give one a reason with --set ID REASON, which "
+        "rewrites only the stop's `reason` field.",
+    )
+    stops.add_argument("config", type=Path, help="the factory YAML file")
+    window = stops.add_mutually_exclusive_group()
+    window.add_argument(
+        "--since", metavar="PERIOD", help="how far back: 30m, 12h, 7d (the default), 2w"
+    )
+    window.add_argument(
+        "--from",
+        dest="start",
+        metavar="DATE",
+        help="from this day (or 'YYYY-MM-DD HH:MM'), plant time",
+    )
+    stops.add_argument(
+        "--to",
+        dest="end",
+        metavar="DATE",
+        help="with --from: up to this day, included (or up to 'YYYY-MM-DD HH:MM'); default now",
+    )
+    stops.add_argument(
+        "--machine", action="append", metavar="ID", help="only this machine (repeat for more)"
+    )
+    stops.add_argument("--all", action="store_true", help="show micro-stops too")
+    stops.add_argument(
+        "--lang", choices=LANGUAGES, help="language of the output (default: the config's)"
+    )
+    stops.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    change = stops.add_mutually_exclusive_group()
+    change.add_argument(
+        "--set",
+        nargs=2,
+        metavar=("ID", "REASON"),
+        help="give stop ID a reason: an id of stop_reasons or its name; '' clears it",
+    )
+    change.add_argument("--clear", metavar="ID", help="take stop ID's reason away")
+    stops.set_defaults(func=_stops)
+
+    importer = commands.add_parser(
+        "import",
+        help="import paper records or data-logger exports (CSV)",
+        description="Import production counts (machine,start,end,produced[,rejected]) and/or "
+        "stops (machine,start,end,reason) from a CSV file, times in plant time. The whole file is "
+        "checked first: any problem and nothing is written. Importing a file again is safe.",
+    )
+    importer.add_argument("config", type=Path, help="the factory YAML file")
+    importer.add_argument("file", type=Path, help="the CSV file (UTF-8, ',' or ';')")
+    importer.add_argument(
+        "--dry-run", action="store_true", help="check the file and say what would be written"
+    )
+    importer.add_argument(
+        "--lang", choices=LANGUAGES, help="language of the output (default: the config's)"
+    )
+    importer.set_defaults(func=_import)
 
     for entry in sorted(entry_points(group="aguante.commands"), key=lambda e: e.name):
         try:
@@ -128,6 +202,252 @@ def _collect(args: argparse.Namespace) -> int:
         await collector.run(stop)
 
     asyncio.run(run())
+    return 0
+
+
+def _load(path: Path) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _stops(args: argparse.Namespace) -> int:
+    from collector import stops as stop_api
+    from collector.influxql import InfluxQL, QueryError
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    lang: Language = args.lang or config.language
+    if args.set is not None or args.clear is not None:
+        return _set_reason(args, config, lang)
+    zone = ZoneInfo(config.timezone)
+    known = [m.id for m in config.machines]
+    for machine in args.machine or []:
+        if machine not in known:
+            print(
+                translate(lang, "stops.unknown_machine", machine=machine, known=", ".join(known)),
+                file=sys.stderr,
+            )
+            return 1
+    now = _now_ms()
+    try:
+        if args.start is not None:
+            start_ms = _day_or_time(args.start, zone, end=False)
+            end_ms = now if args.end is None else _day_or_time(args.end, zone, end=True)
+        elif args.end is not None:
+            print(translate(lang, "stops.to_without_from"), file=sys.stderr)
+            return 1
+        else:
+            start_ms, end_ms = now - _period_ms(args.since or "7d"), now
+    except ValueError as exc:
+        key = "stops.bad_period" if args.start is None else "stops.bad_date"
+        print(translate(lang, key, text=exc.args[0]), file=sys.stderr)
+        return 1
+    if end_ms <= start_ms:
+        end = args.end or stop_api.local_time(end_ms, zone)  # no --to: now
+        print(translate(lang, "stops.empty_window", start=args.start, end=end), file=sys.stderr)
+        return 1
+    try:
+        with InfluxQL.from_config(config.influxdb) as db:
+            found = stop_api.list_stops(db, config, start_ms, end_ms, args.machine, True)
+    except QueryError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    shown = [s for s in found if args.all or not s.micro]
+    hidden = len(found) - len(shown)
+    losses = stop_api.losses_by_reason(shown, config)
+    window = {
+        "start": stop_api.local_time(start_ms, zone),
+        "end": stop_api.local_time(end_ms, zone),
+        "zone": config.timezone,
+    }
+    if args.json:
+        answer: dict[str, Any] = {
+            "from_ms": start_ms,
+            "to_ms": end_ms,
+            "timezone": config.timezone,
+            "stops": stop_api.stops_json(shown, config, lang),
+            "micro_hidden": hidden,
+            "losses": stop_api.losses_json(losses, config, lang),
+        }
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
+        return 0
+    if not shown:
+        print(translate(lang, "stops.none", **window))
+    else:
+        print(translate(lang, "stops.title", **window))
+        print()
+        print("\n".join(stop_api.stops_table(shown, config, lang)))
+    if hidden:
+        print(translate(lang, "stops.micro_hidden", count=hidden))
+    if shown:
+        print()
+        print(translate(lang, "stops.losses_title"))
+        print()
+        print("\n".join(stop_api.losses_table(losses, lang)))
+    return 0
+
+
+_PERIOD = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
+_PERIOD_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+
+
+def _period_ms(text: str) -> int:
+    match = _PERIOD.match(text)
+    if match is None or int(match[1]) == 0:
+        raise ValueError(text)
+    return int(match[1]) * _PERIOD_MS[match[2]]
+
+
+def _day_or_time(text: str, zone: ZoneInfo, *, end: bool) -> int:
+    """A `--from`/`--to` bound: a day means its local midnight, or the next one for `--to`
+    (the day is included); a date-time is taken as it is."""
+    from collector.importer import parse_local_time
+
+    try:
+        day = dt.date.fromisoformat(text.strip())
+    except ValueError:
+        try:
+            return parse_local_time(text, zone)
+        except ValueError:
+            raise ValueError(text) from None
+    if end:
+        day += dt.timedelta(days=1)
+    return round(dt.datetime.combine(day, dt.time(0, 0), tzinfo=zone).timestamp() * 1000)
+
+
+def _set_reason(args: argparse.Namespace, config: Config, lang: Language) -> int:
+    from collector import stops as stop_api
+    from collector.influxql import InfluxQL, QueryError
+    from collector.sinks import WriteError
+    from collector.sinks.influxdb import InfluxDBSink
+
+    stop_id, reason = args.set if args.set is not None else (args.clear, "")
+    sink = InfluxDBSink.from_config(config.influxdb)
+
+    async def assign(db: InfluxQL) -> stop_api.Stop:
+        async with sink:
+            return await stop_api.assign_reason(db, sink, config, stop_id, reason)
+
+    zone = ZoneInfo(config.timezone)
+    try:
+        with InfluxQL.from_config(config.influxdb) as db:
+            stop = asyncio.run(assign(db))
+    except stop_api.InvalidStopId:
+        print(translate(lang, "stops.bad_id", text=stop_id), file=sys.stderr)
+        return 1
+    except stop_api.UnknownReason as exc:
+        known = ", ".join(f"{r.id} ({r.name(lang)})" for r in exc.reasons)
+        print(translate(lang, "stops.unknown_reason", text=exc.text, known=known), file=sys.stderr)
+        return 1
+    except stop_api.StopNotFound as exc:
+        message = translate(
+            lang,
+            "stops.not_found",
+            id=stop_id.strip(),
+            machine=exc.machine,
+            start=stop_api.local_time(exc.start_ms, zone),
+        )
+        print(message, file=sys.stderr)
+        return 1
+    except (QueryError, WriteError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    values = {
+        "id": stop.id,
+        "machine": stop.machine,
+        "start": stop_api.local_time(stop.start_ms, zone),
+        "duration": stop_api.clock(stop.duration_s),
+    }
+    if stop.reason:
+        reason_text = stop_api.reason_name(config, stop.reason, lang)
+        print(translate(lang, "stops.assigned", reason=reason_text, **values))
+    else:
+        print(translate(lang, "stops.cleared", **values))
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from collector import importer
+    from collector.sinks.influxdb import InfluxDBSink
+    from collector.stops import local_time
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    lang: Language = args.lang or config.language
+    source = str(args.file)
+    try:
+        parsed = importer.read_import(args.file, config, now_ms=_now_ms())
+    except importer.ImportRejected as exc:
+        for problem in exc.problems:
+            print(problem.text(lang, source), file=sys.stderr)
+        print(translate(lang, "import.rejected", count=len(exc.problems)), file=sys.stderr)
+        return 1
+    warning = translate(lang, "import.warning")
+    for problem in parsed.warnings:
+        print(f"{problem.where(source)}: {warning}: {problem.message(lang)}", file=sys.stderr)
+    plan = importer.plan_import(parsed, config)
+    zone = ZoneInfo(config.timezone)
+    summary = {
+        "source": source,
+        "rows": plan.rows,
+        "points": len(plan.points),
+        "minutes": plan.minutes,
+        "stops": plan.stops,
+        "first": local_time(plan.first_ms, zone) if plan.first_ms is not None else "—",
+        "last": local_time(plan.last_ms, zone) if plan.last_ms is not None else "—",
+    }
+    machines = [
+        translate(
+            lang,
+            "import.summary.sensors" if m.sensors else "import.summary.paper",
+            machine=m.machine,
+            minutes=m.minutes,
+            stops=m.stops,
+            produced=m.produced,
+            rejected=m.rejected,
+        )
+        for m in plan.machines
+    ]
+    if args.dry_run:
+        print(translate(lang, "import.dry_run", **summary))
+        print("\n".join(machines))
+        return 0
+    progress = importer.ProgressBar(sys.stderr, translate(lang, "import.progress"))
+    sink = InfluxDBSink.from_config(config.influxdb)
+
+    async def write() -> None:
+        async with sink:
+            await importer.write_import(
+                plan, sink, batch_size=config.influxdb.batch_size, progress=progress
+            )
+
+    try:
+        asyncio.run(write())
+    except importer.ImportInterrupted as exc:
+        progress.close()
+        message = translate(
+            lang,
+            "import.interrupted",
+            error=exc.cause,
+            rows=exc.rows_written,
+            total_rows=plan.rows,
+            points=exc.points_written,
+            total_points=len(plan.points),
+        )
+        print(message, file=sys.stderr)
+        return 1
+    progress.close()
+    print(translate(lang, "import.done", **summary))
+    print("\n".join(machines))
     return 0
 
 
