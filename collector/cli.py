@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from collector.config import (
@@ -32,6 +32,9 @@ from collector.config import (
     load_config,
 )
 from collector.i18n import translate
+
+if TYPE_CHECKING:
+    from collector.sinks import Sink
 
 __all__ = ["build_parser", "main"]
 
@@ -129,6 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--lang", choices=LANGUAGES, help="language of the output (default: the config's)"
     )
     importer.set_defaults(func=_import)
+
+    rollup = commands.add_parser(
+        "rollup",
+        help="sum the stored minutes into hourly sums again (utilization_1h)",
+        description="Rebuild the hourly sums of utilization from the stored minutes for the "
+        "hours between two days, after minutes were corrected or written by other tools. "
+        "The collector and `aguante import` keep them up to date themselves.",
+    )
+    rollup.add_argument("config", type=Path, help="the factory YAML file")
+    rollup.add_argument("--from", dest="start", required=True, metavar="DATE", help="plant time")
+    rollup.add_argument(
+        "--to", dest="end", required=True, metavar="DATE", help="included when a day"
+    )
+    rollup.add_argument(
+        "--machine", action="append", metavar="ID", help="only this machine (repeat for more)"
+    )
+    rollup.add_argument(
+        "--lang", choices=LANGUAGES, help="language of the output (default: the config's)"
+    )
+    rollup.set_defaults(func=_rollup)
 
     for entry in sorted(entry_points(group="aguante.commands"), key=lambda e: e.name):
         try:
@@ -376,6 +399,8 @@ def _set_reason(args: argparse.Namespace, config: Config, lang: Language) -> int
 
 def _import(args: argparse.Namespace) -> int:
     from collector import importer
+    from collector.influxql import QueryError
+    from collector.sinks import WriteError
     from collector.sinks.influxdb import InfluxDBSink
     from collector.stops import local_time
 
@@ -429,6 +454,14 @@ def _import(args: argparse.Namespace) -> int:
             await importer.write_import(
                 plan, sink, batch_size=config.influxdb.batch_size, progress=progress
             )
+            if plan.first_ms is None or plan.last_ms is None:
+                return
+            machines = [m.machine for m in plan.machines]
+            try:
+                await _write_hourly(config, sink, plan.first_ms, plan.last_ms, machines)
+            except (QueryError, WriteError) as exc:
+                text = translate(lang, "rollup.import_hourly_failed", error=exc)
+                print(f"aguante import: {text}", file=sys.stderr)
 
     try:
         asyncio.run(write())
@@ -448,6 +481,60 @@ def _import(args: argparse.Namespace) -> int:
     progress.close()
     print(translate(lang, "import.done", **summary))
     print("\n".join(machines))
+    return 0
+
+
+async def _write_hourly(
+    config: Config, sink: Sink, start_ms: int, end_ms: int, machines: list[str] | None
+) -> int:
+    """Sum the stored minutes of the hours touched into utilization_1h; the points written."""
+    from collector.hourly import hourly_points
+    from collector.influxql import InfluxQL
+
+    with InfluxQL.from_config(config.influxdb) as db:
+        points = await asyncio.to_thread(hourly_points, db, config, start_ms, end_ms, machines)
+    size = config.influxdb.batch_size
+    for first in range(0, len(points), size):
+        await sink.write(points[first : first + size])
+    return len(points)
+
+
+def _rollup(args: argparse.Namespace) -> int:
+    from collector.influxql import QueryError
+    from collector.sinks import WriteError
+    from collector.sinks.influxdb import InfluxDBSink
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    lang: Language = args.lang or config.language
+    zone = ZoneInfo(config.timezone)
+    try:
+        start = _day_or_time(args.start, zone, end=False)
+        end = _day_or_time(args.end, zone, end=True)
+    except ValueError as exc:
+        print(f"aguante rollup: {translate(lang, 'rollup.not_a_day', text=exc)}", file=sys.stderr)
+        return 2
+    if end <= start:
+        print(f"aguante rollup: {translate(lang, 'rollup.backwards')}", file=sys.stderr)
+        return 2
+    known = {m.id for m in config.machines}
+    unknown = sorted(set(args.machine or ()) - known)
+    if unknown:
+        text = translate(lang, "rollup.unknown_machines", machines=", ".join(unknown))
+        print(f"aguante rollup: {text}", file=sys.stderr)
+        return 1
+
+    async def run() -> int:
+        async with InfluxDBSink.from_config(config.influxdb) as sink:
+            return await _write_hourly(config, sink, start, end, args.machine)
+
+    try:
+        written = asyncio.run(run())
+    except (QueryError, WriteError) as exc:
+        print(f"aguante rollup: {exc}", file=sys.stderr)
+        return 1
+    print(translate(lang, "rollup.done", count=written))
     return 0
 
 

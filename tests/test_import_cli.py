@@ -244,3 +244,58 @@ def test_rows_in_the_future_are_refused_by_the_clock(
     )
     assert main(["import", str(config), str(paper)]) == 1
     assert f"{paper}:2: column end: {tomorrow} 07:00 is in the future" in capsys.readouterr().err
+
+
+def hourly_agrees(influxdb: InfluxDBDatabase) -> None:
+    """utilization_1h holds, hour by hour, the sums of the stored minutes."""
+    fields = ("produced", "rejected", "running_s", "planned_s", "down_s", "idle_s")
+    sums = ", ".join(f"sum({f}) AS {f}" for f in fields)
+    minutes = influxdb.query(
+        f"SELECT {sums} FROM utilization WHERE time > 0 GROUP BY time(1h), machine fill(none)"
+    )
+    hours = influxdb.query(
+        f"SELECT {sums} FROM utilization_1h GROUP BY time(1h), machine fill(none)"
+    )
+    assert minutes and len(hours) == len(minutes)
+    for minute, hour in zip(minutes, hours, strict=True):
+        assert (hour["time"], hour["machine"]) == (minute["time"], minute["machine"])
+        for name in fields:
+            assert hour[name] == pytest.approx(minute[name]), (hour["machine"], name)
+
+
+@pytest.mark.integration
+def test_an_import_rebuilds_the_hourly_sums_it_touched_and_rollup_does_it_by_hand(
+    influxdb: InfluxDBDatabase, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, influxdb.url, influxdb.database)
+    assert main(["import", str(config), str(write_csv(tmp_path, PAPER))]) == 0
+    hourly_agrees(influxdb)
+    types = influxdb.query("SHOW FIELD KEYS FROM utilization_1h")
+    kinds = {row["fieldKey"]: row["fieldType"] for row in types}
+    assert kinds["produced"] == "integer" and kinds["planned_s"] == "float"
+
+    # A minute corrected by hand: the hour is stale until `aguante rollup` sums it again.
+    influxdb.server.query(
+        "DROP MEASUREMENT utilization_1h", database=influxdb.database, method="POST"
+    )
+    capsys.readouterr()
+    assert main(["rollup", str(config), "--from", "2026-10-05", "--to", "2026-10-06"]) == 0
+    assert capsys.readouterr().out.strip().endswith("hourly sums written")
+    hourly_agrees(influxdb)
+    assert main(["rollup", str(config), "--from", "2026-10-06", "--to", "2026-10-05"]) == 2
+    assert "--to is before --from" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "rollup",
+                str(config),
+                "--from",
+                "2026-10-05",
+                "--to",
+                "2026-10-05",
+                "--machine",
+                "nope",
+            ]
+        )
+        == 1
+    )
