@@ -56,8 +56,8 @@ def regex_any(values: Sequence[str]) -> str:
     """A /^(a|b)$/ regex literal matching exactly these tag values."""
     escaped = []
     for value in values:
-        text = "".join("\\" + c if not (c.isalnum() or c in "_-") else c for c in value)
-        escaped.append(text.replace("/", "\\/"))
+        # Every character but letters, digits, _ and - escaped: `.` and `/` included.
+        escaped.append("".join(c if c.isalnum() or c in "_-" else "\\" + c for c in value))
     return "/^(" + "|".join(escaped) + ")$/"
 
 
