@@ -31,6 +31,7 @@ from collector.schema import (
     TAG_SHIFT,
     UTILIZATION,
     UTILIZATION_COUNTS,
+    UTILIZATION_HOURLY,
     UTILIZATION_SECONDS,
 )
 from collector.shifts import ShiftCalendar
@@ -44,6 +45,7 @@ __all__ = [
     "Window",
     "kpis",
     "select_machines",
+    "split_by_source",
     "utilization_statement",
     "windows",
 ]
@@ -54,6 +56,10 @@ GROUPINGS: tuple[Grouping, ...] = ("machine", "sector", "shift", "day", "week", 
 # Statements per request: a year by day is one request of a few hundred kilobytes at most.
 _STATEMENTS_PER_REQUEST = 100
 _FIELDS = UTILIZATION_SECONDS + UTILIZATION_COUNTS
+HOUR_MS = 3_600_000
+# The collector writes an hour's sums once its last minute is rolled up: at most min_duration
+# (600 s) + 2 s after the hour, plus the buffer's flush. Younger hours are read from minutes.
+HOURLY_SETTLED_MS = 15 * 60_000
 
 
 class SelectionError(ValueError):
@@ -134,15 +140,21 @@ def windows(
 
 
 def utilization_statement(
-    config: Config, machine_ids: Iterable[str], window: Window, *, by_shift: bool = False
+    config: Config,
+    machine_ids: Iterable[str],
+    window: Window,
+    *,
+    by_shift: bool = False,
+    measurement: str = UTILIZATION,
 ) -> str:
-    """One SELECT of the `utilization` sums of these machines over a window, per machine (and
-    shift), in the InfluxQL that InfluxDB 1.6+, 2.x (v1 API) and 3.x all serve."""
+    """One SELECT of the `utilization` (or `utilization_1h`) sums of these machines over a
+    window, per machine (and shift), in the InfluxQL that InfluxDB 1.6+, 2.x (v1 API) and 3.x
+    all serve."""
     sums = ", ".join(
         f"sum({quote_ident(name)}) AS {quote_ident(name)}"
         for name in UTILIZATION_SECONDS + UTILIZATION_COUNTS
     )
-    source = quote_ident(UTILIZATION)
+    source = quote_ident(measurement)
     policy = config.influxdb.retention_policy
     if policy:
         source = f"{quote_ident(policy)}.{source}"
@@ -158,6 +170,20 @@ def utilization_statement(
     )
 
 
+def split_by_source(start_ms: int, end_ms: int, hourly_until_ms: int) -> list[tuple[str, int, int]]:
+    """[start_ms, end_ms) as (measurement, start, end) parts: whole hours settled before
+    `hourly_until_ms` from the hourly sums, the minutes around them from `utilization`."""
+    first = -(-start_ms // HOUR_MS) * HOUR_MS
+    last = min(end_ms - end_ms % HOUR_MS, hourly_until_ms - hourly_until_ms % HOUR_MS)
+    if last <= first:
+        return [(UTILIZATION, start_ms, end_ms)]
+    parts = [(UTILIZATION, start_ms, first)] if start_ms < first else []
+    parts.append((UTILIZATION_HOURLY, first, last))
+    if last < end_ms:
+        parts.append((UTILIZATION, last, end_ms))
+    return parts
+
+
 def kpis(
     db: InfluxQL,
     config: Config,
@@ -168,6 +194,7 @@ def kpis(
     sector: str | None = None,
     by: Grouping | None = None,
     now: dt.datetime | None = None,
+    hourly: bool = True,
 ) -> list[KpiRow]:
     """KPI rows of the machines asked for over [start, end).
 
@@ -177,6 +204,10 @@ def kpis(
     `calendar_s` is its time up to `now` (the current minute is not expected yet) × machines,
     so minutes never written count in its unknown share. Raises SelectionError for unknown
     machines or sectors and an empty span, QueryError when InfluxDB cannot answer.
+
+    Whole hours that ended a quarter of an hour ago or more are read from the hourly sums the
+    collector keeps (`utilization_1h`, 60 times fewer points), the rest from the minutes;
+    `hourly=False` reads minutes only.
     """
     if by is not None and by not in GROUPINGS:
         raise SelectionError(f"cannot group by {by!r}; choose one of {', '.join(GROUPINGS)}")
@@ -186,9 +217,19 @@ def kpis(
         raise SelectionError(f"the span is empty: {start} is not before {end}")
     chosen = select_machines(config, machines, sector)
     cut = windows(calendar, start_ms, end_ms, by)
+    now_ms = round((now or dt.datetime.now(dt.UTC)).timestamp() * 1000)
+    hourly_until = now_ms - HOURLY_SETTLED_MS if hourly else start_ms
+    ids = [m.id for m in chosen]
+    parts = [
+        (window, measurement, Window(window.label, begin, finish))
+        for window in cut
+        for measurement, begin, finish in split_by_source(
+            window.start_ms, window.end_ms, hourly_until
+        )
+    ]
     statements = [
-        utilization_statement(config, (m.id for m in chosen), w, by_shift=by == "shift")
-        for w in cut
+        utilization_statement(config, ids, part, by_shift=by == "shift", measurement=measurement)
+        for _, measurement, part in parts
     ]
     answers = _answers(db, statements)
 
@@ -197,7 +238,7 @@ def kpis(
     # label → machine → summed fields, so each machine is judged parts- or time-based once per
     # label, over all of its minutes there.
     sums: dict[str, dict[str, dict[str, float]]] = {}
-    for window, answer in zip(cut, answers, strict=True):
+    for (window, _, _), answer in zip(parts, answers, strict=True):
         for series in answer:
             machine = series.tags.get(TAG_MACHINE, "")
             if machine not in counted:
@@ -210,7 +251,6 @@ def kpis(
                     if value is not None:
                         summed[name] = summed.get(name, 0) + value
 
-    now_ms = round((now or dt.datetime.now(dt.UTC)).timestamp() * 1000)
     horizon = min(end_ms, now_ms - now_ms % 60_000)
 
     def seconds(begin: int, finish: int) -> float:

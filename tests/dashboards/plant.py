@@ -160,6 +160,25 @@ def random_minutes(
     return points
 
 
-async def write(url: str, database: str, points: Sequence[Point]) -> None:
+def hourly_sums(points: Sequence[Point]) -> list[Point]:
+    """The `utilization_1h` points the collector writes as each hour of these minutes ends."""
+    hours: dict[tuple[int, tuple[tuple[str, str], ...]], dict[str, float | int]] = {}
+    for point in points:
+        if point.measurement != "utilization":
+            continue
+        key = (point.time_ms - point.time_ms % 3_600_000, tuple(sorted(point.tags.items())))
+        sums = hours.setdefault(key, {})
+        for name, value in point.fields.items():
+            assert isinstance(value, int | float)
+            sums[name] = sums.get(name, 0) + value
+    return [
+        Point("utilization_1h", dict(tags), dict(fields), hour)
+        for (hour, tags), fields in sorted(hours.items())
+    ]
+
+
+async def write(url: str, database: str, points: Sequence[Point], *, hourly: bool = True) -> None:
+    """Write minutes, and (as the collector does) their hourly sums."""
+    extra = hourly_sums(points) if hourly else []
     async with InfluxDBSink(url=url, database=database, create_database=True) as sink:
-        await sink.write(points)
+        await sink.write([*points, *extra])

@@ -29,6 +29,7 @@ from tests.conftest import InfluxDBDatabase
 from tests.dashboards.plant import (
     MACHINES,
     ZONE,
+    hourly_sums,
     local_ms,
     plant_config,
     random_minutes,
@@ -401,7 +402,8 @@ async def test_a_retention_policy_of_the_config_is_read(influxdb: InfluxDBDataba
     async with InfluxDBSink(
         url=influxdb.url, database=influxdb.database, retention_policy=policy
     ) as sink:
-        await sink.write([utilization("lathe-1", local_ms(2026, 3, 2, 9), fields)])
+        minute = utilization("lathe-1", local_ms(2026, 3, 2, 9), fields)
+        await sink.write([minute, *hourly_sums([minute])])
     config = plant_config(influxdb.url, influxdb.database)
     config = config.model_copy(
         update={"influxdb": config.influxdb.model_copy(update={"retention_policy": policy})}
@@ -507,4 +509,37 @@ def test_the_statement_is_portable_influxql() -> None:
         f'SELECT {sums} FROM "utilization" WHERE time >= 1000000000 AND time < 2000000000 '
         'AND "factory" = \'coop-test\' AND "machine" =~ /^(press-1|press-2)$/ '
         'GROUP BY "machine", "shift"'
+    )
+
+
+@pytest.mark.integration
+async def test_hours_come_from_the_hourly_sums_and_the_recent_ones_from_minutes(
+    influxdb: InfluxDBDatabase, filled: list[Point]
+) -> None:
+    # The same answer from minutes alone, from hourly sums, and from both around odd edges.
+    for by in ("day", "shift", "machine"):
+        config = plant_config(influxdb.url, influxdb.database)
+        start, end = dt.datetime(2026, 3, 2, 7, 30), dt.datetime(2026, 3, 4, 16, 45)
+        with InfluxQL(influxdb.url, influxdb.database) as db:
+            both = kpis(db, config, start, end, by=by)  # type: ignore[arg-type]
+            minutes = kpis(db, config, start, end, by=by, hourly=False)  # type: ignore[arg-type]
+        assert [r.label for r in both] == [r.label for r in minutes]
+        for a, b in zip(both, minutes, strict=True):
+            assert_same(a.totals, b.totals, a.label)
+    # An hour not yet settled is read from its minutes: a wrong hourly sum there is not seen.
+    recent = dt.datetime(2026, 3, 2, 10, 0, tzinfo=ZONE)
+    wrong = utilization("lathe-1", local_ms(2026, 3, 2, 9), {"produced": 10_000})
+    wrong = Point("utilization_1h", wrong.tags, wrong.fields, wrong.time_ms)
+    await write(influxdb.url, influxdb.database, [wrong], hourly=False)
+    with InfluxQL(influxdb.url, influxdb.database) as db:
+        settled = kpis(db, config, START, recent, now=recent + dt.timedelta(minutes=20))
+        unsettled = kpis(db, config, START, recent, now=recent + dt.timedelta(minutes=5))
+    assert settled[0].totals.produced - unsettled[0].totals.produced == pytest.approx(
+        10_000
+        - sum(
+            number(p, "produced")
+            for p in filled
+            if p.tags["machine"] == "lathe-1"
+            and local_ms(2026, 3, 2, 9) <= p.time_ms < local_ms(2026, 3, 2, 10)
+        )
     )
