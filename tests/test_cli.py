@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -30,7 +31,18 @@ def aguante(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("command", [[], ["check"], ["schema"], ["collect"], ["simulate"]])
+COMMANDS = ["check", "schema", "collect", "simulate", "kpi", "stops", "import", "rollup"]
+
+
+def test_the_command_list_is_complete() -> None:
+    from collector.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert sorted(commands.choices) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
 def test_every_command_has_help(command: list[str]) -> None:
     result = aguante(*command, "--help")
     assert result.returncode == 0, result.stderr
