@@ -9,12 +9,14 @@ The service launcher is the one the integration tests use, so the demo and the t
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -65,6 +67,7 @@ def main() -> int:
         subprocess.Popen([AGUANTE, "collect", str(CONFIG)], cwd=DEMO, env=env, **_OWN_GROUP)
     )
     query = "SELECT * FROM reading WHERE machine = 'press-1' ORDER BY time DESC LIMIT 5"
+    today = dt.datetime.now(ZoneInfo("America/Argentina/Buenos_Aires")).date().isoformat()
     print(
         f"""
 aguante demo running — Ctrl-C stops everything it started.
@@ -82,6 +85,13 @@ Live values, newest per machine:
 or:  influx -port {influx.http_port} -database aguante -execute "{query}"
 Device health:  influx -port {influx.http_port} -database aguante \
        -execute "SELECT last(polls), last(errors), last(up) FROM collector GROUP BY machine"
+Machine states and stops (a minute or two after start):
+  influx -port {influx.http_port} -database aguante \
+       -execute "SELECT state FROM machine_state GROUP BY machine ORDER BY time DESC LIMIT 1"
+  AGUANTE_INFLUXDB_URL={influx.url} aguante stops examples/metalworks.yaml --all
+Capacity use and OEE today, by machine (in es; --lang pt-BR or en):
+  AGUANTE_INFLUXDB_URL={influx.url} aguante kpi examples/metalworks.yaml \
+       --from {today} --to {today} --by machine
 Make a machine fail:  curl -X POST 127.0.0.1:5019/faults -d '{{"device":"press-plc","kind":"drop"}}'
 A board drops off:    curl -X POST 127.0.0.1:5019/faults \\
                         -d '{{"device":"drill-1-plug","kind":"drop"}}'

@@ -8,6 +8,7 @@ few seconds; the collector runs until the first minute is rolled up.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -17,9 +18,12 @@ import pytest
 
 from collector.app import Collector
 from collector.config import Config
+from collector.influxql import InfluxQL
 from collector.schema import MACHINE_STATE, STOP, UTILIZATION, Point
 from collector.shifts import ShiftCalendar
 from collector.sinks.influxdb import InfluxDBSink
+from dashboards.kpi import RATIOS, Totals
+from dashboards.kpi_query import kpis
 from simulators import Simulator, load_scenario, run_scenario
 from tests.conftest import InfluxDBDatabase
 from tests.simulation import MONDAY_MORNING, free_port_base, with_pty_dir
@@ -83,20 +87,26 @@ async def test_states_stops_and_minutes_agree_in_influxdb(
         config, sink=sink, quarantine_path=tmp_path / "q.jsonl", state_path=tmp_path / "s.json"
     )
     tracked = sorted(m.id for m in config.machines if m.state is not None)
-    first_minute_end = (int(time.time()) // 60 + 1) * 60_000
-    async with running(collector):
-        # The welding cell goes silent for a while: its state must turn unknown, not stopped.
-        await eventually(lambda: time.time() * 1000 > first_minute_end - 20_000, within=65)
-        await fast_sim.set_fault("welder-plc", "drop")
-        await eventually(lambda: time.time() * 1000 > first_minute_end - 10_000, within=15)
-        await fast_sim.clear_fault("welder-plc")
-        await eventually(
-            lambda: (
-                len(influxdb.query("SELECT count(running_s) FROM utilization GROUP BY machine"))
-                == len(tracked)
-            ),
-            within=20,
+
+    def welder_states() -> list[str]:
+        rows = influxdb.query(f"SELECT state FROM {MACHINE_STATE} WHERE machine = 'welder-1'")
+        return [row["state"] for row in rows]
+
+    def rolled_up_since(minute: int) -> int:
+        rows = influxdb.query(
+            f"SELECT count(running_s) FROM utilization WHERE time >= {minute}ms GROUP BY machine"
         )
+        return len(rows)
+
+    async with running(collector):
+        await eventually(lambda: bool(welder_states()), within=20)
+        # The welding cell goes silent for a while: its state must turn unknown, not stopped.
+        await fast_sim.set_fault("welder-plc", "drop")
+        dropped_minute = int(time.time()) // 60 * 60_000
+        await eventually(lambda: "unknown" in welder_states(), within=15)
+        await fast_sim.clear_fault("welder-plc")
+        await eventually(lambda: welder_states()[-1] != "unknown", within=15)
+        await eventually(lambda: rolled_up_since(dropped_minute) == len(tracked), within=80)
 
     minutes = influxdb.query("SELECT * FROM utilization GROUP BY machine")
     shifts = ShiftCalendar(config.calendar, config.timezone)
@@ -145,3 +155,30 @@ async def test_states_stops_and_minutes_agree_in_influxdb(
         end = next(c["time"] for c in changes if c["state"] in ("running", "unknown"))
         assert stop["duration_s"] == pytest.approx((end - stop["time"]) / 1000)
         assert stop["reason"] == ""
+
+    # The KPIs read back from InfluxDB are those of the minutes the collector computed.
+    zone = ShiftCalendar(config.calendar, config.timezone).zone
+    first = min(minute["time"] for minute in minutes)
+    day = dt.datetime.fromtimestamp(first / 1000, zone).date()
+    with InfluxQL.from_config(config.influxdb) as db:
+        rows = kpis(db, config, day, day + dt.timedelta(days=2), by="machine", hourly=False)
+    by_machine = {row.label: row.totals for row in rows}
+    for machine in tracked:
+        summed: dict[str, float] = {}
+        for (owner, _), fields in written.items():
+            if owner == machine:
+                for name, value in fields.items():
+                    summed[name] = summed.get(name, 0) + float(value)
+        config_machine = next(m for m in config.machines if m.id == machine)
+        expected = Totals.from_row(
+            summed,
+            machine=machine,
+            counted=config_machine.counters.produced is not None,
+            calendar_s=by_machine[machine].calendar_s,
+        )
+        for ratio in RATIOS:
+            got, want = getattr(by_machine[machine], ratio), getattr(expected, ratio)
+            assert (got is None) == (want is None), (machine, ratio)
+            if want is not None:
+                assert got == pytest.approx(want, abs=1e-9), (machine, ratio)
+    assert any(by_machine[m].availability for m in tracked)
