@@ -135,10 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollup = commands.add_parser(
         "rollup",
-        help="sum the stored minutes into hourly sums again (utilization_1h)",
-        description="Rebuild the hourly sums of utilization from the stored minutes for the "
-        "hours between two days, after minutes were corrected or written by other tools. "
-        "The collector and `aguante import` keep them up to date themselves.",
+        help="sum the stored minutes into hourly and daily sums again",
+        description="Rebuild the hourly and daily sums of utilization (utilization_1h, "
+        "utilization_1d) from the stored minutes for the hours and days between two dates, "
+        "after minutes were corrected or written by other tools. The collector and "
+        "`aguante import` keep them up to date themselves.",
     )
     rollup.add_argument("config", type=Path, help="the factory YAML file")
     rollup.add_argument("--from", dest="start", required=True, metavar="DATE", help="plant time")
@@ -458,9 +459,9 @@ def _import(args: argparse.Namespace) -> int:
                 return
             machines = [m.machine for m in plan.machines]
             try:
-                await _write_hourly(config, sink, plan.first_ms, plan.last_ms, machines)
+                await _write_sums(config, sink, plan.first_ms, plan.last_ms, machines)
             except (QueryError, WriteError) as exc:
-                text = translate(lang, "rollup.import_hourly_failed", error=exc)
+                text = translate(lang, "rollup.import_sums_failed", error=exc)
                 print(f"aguante import: {text}", file=sys.stderr)
 
     try:
@@ -484,15 +485,15 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _write_hourly(
+async def _write_sums(
     config: Config, sink: Sink, start_ms: int, end_ms: int, machines: list[str] | None
 ) -> int:
-    """Sum the stored minutes of the hours touched into utilization_1h; the points written."""
-    from collector.hourly import hourly_points
+    """Sum the stored minutes of the hours and days touched again; the points written."""
     from collector.influxql import InfluxQL
+    from collector.rebuild import rebuilt_points
 
     with InfluxQL.from_config(config.influxdb) as db:
-        points = await asyncio.to_thread(hourly_points, db, config, start_ms, end_ms, machines)
+        points = await asyncio.to_thread(rebuilt_points, db, config, start_ms, end_ms, machines)
     size = config.influxdb.batch_size
     for first in range(0, len(points), size):
         await sink.write(points[first : first + size])
@@ -527,7 +528,7 @@ def _rollup(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         async with InfluxDBSink.from_config(config.influxdb) as sink:
-            return await _write_hourly(config, sink, start, end, args.machine)
+            return await _write_sums(config, sink, start, end, args.machine)
 
     try:
         written = asyncio.run(run())

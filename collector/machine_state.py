@@ -9,6 +9,7 @@ a stop.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from collector.schema import (
     STOP,
     TAG_SHIFT,
     UTILIZATION,
+    UTILIZATION_DAILY,
     UTILIZATION_HOURLY,
     FieldValue,
     Point,
@@ -115,6 +117,8 @@ class MachineTracker:
     minutes: dict[int, _Minute] = field(default_factory=dict)
     # Sums of the rolled-up minutes of the hour under way, by (hour start, shift or "").
     hours: dict[tuple[int, str], dict[str, int | float]] = field(default_factory=dict)
+    # … and of the plant's local day under way, by (local midnight, shift or "").
+    days: dict[tuple[int, str], dict[str, int | float]] = field(default_factory=dict)
     open_stop: _Stop | None = None
     checks: dict[str, _Check] = field(default_factory=dict)
     seen_ms: dict[str, int] = field(default_factory=dict)
@@ -324,21 +328,33 @@ class MachineTracker:
         return minute
 
     def _rollup(self, start: int) -> list[Point]:
-        """The minute from `start`, and the hour's sums when it is the hour's last minute."""
+        """The minute from `start`, and the sums of its hour (UTC) and of its day (the plant's
+        local day) when it is their last minute."""
         minute = self._minute_point(start)
-        key = (start - start % HOUR_MS, minute.tags.get(TAG_SHIFT, ""))
-        sums = self.hours.setdefault(key, {})
-        for name, value in minute.fields.items():
-            assert isinstance(value, int | float)
-            # Integers stay integers (InfluxDB keeps one type per field).
-            sums[name] = sums.get(name, 0) + value
+        shift = minute.tags.get(TAG_SHIFT, "")
+        end = start + MINUTE_MS
+        day = self.calendar.local_day(start)
+        day_start = self.calendar.local_midnight_ms(day)
         points = [minute]
-        if (start + MINUTE_MS) % HOUR_MS == 0:
-            hour = start + MINUTE_MS - HOUR_MS
-            for hour_start, shift in sorted(k for k in self.hours if k[0] == hour):
-                fields: dict[str, FieldValue] = dict(self.hours.pop((hour_start, shift)))
-                tags = dict(self.tags) | ({TAG_SHIFT: shift} if shift else {})
-                points.append(Point(UTILIZATION_HOURLY, tags, fields, hour_start))
+        for store, period_start, ends, measurement in (
+            (self.hours, start - start % HOUR_MS, end % HOUR_MS == 0, UTILIZATION_HOURLY),
+            (
+                self.days,
+                day_start,
+                end == self.calendar.local_midnight_ms(day + dt.timedelta(days=1)),
+                UTILIZATION_DAILY,
+            ),
+        ):
+            sums = store.setdefault((period_start, shift), {})
+            for name, value in minute.fields.items():
+                assert isinstance(value, int | float)
+                # Integers stay integers (InfluxDB keeps one type per field).
+                sums[name] = sums.get(name, 0) + value
+            if ends:
+                for key in sorted(k for k in store if k[0] == period_start):
+                    fields: dict[str, FieldValue] = dict(store.pop(key))
+                    tags = dict(self.tags) | ({TAG_SHIFT: key[1]} if key[1] else {})
+                    points.append(Point(measurement, tags, fields, period_start))
         return points
 
     def _minute_point(self, start: int) -> Point:
@@ -405,6 +421,7 @@ class MachineTracker:
             "counters": {role: tally.last for role, tally in self.tallies.items()},
             "counted_ms": self.counted_ms,
             "hours": [[h, shift, fields] for (h, shift), fields in self.hours.items()],
+            "days": [[d, shift, fields] for (d, shift), fields in self.days.items()],
         }
 
     def resume(self, saved: Mapping[str, Any], now_ms: int, *, max_gap_ms: int) -> list[Point]:
@@ -429,6 +446,9 @@ class MachineTracker:
             self.minutes = {int(t): _Minute(*map(int, m)) for t, m in saved["minutes"].items()}
             self.hours = {
                 (int(h), str(shift)): dict(fields) for h, shift, fields in saved.get("hours", [])
+            }
+            self.days = {
+                (int(d), str(shift)): dict(fields) for d, shift, fields in saved.get("days", [])
             }
         self.final_ms = final_ms
         self.since_ms = saved_ms

@@ -246,8 +246,9 @@ def test_rows_in_the_future_are_refused_by_the_clock(
     assert f"{paper}:2: column end: {tomorrow} 07:00 is in the future" in capsys.readouterr().err
 
 
-def hourly_agrees(influxdb: InfluxDBDatabase) -> None:
-    """utilization_1h holds, hour by hour, the sums of the stored minutes."""
+def sums_agree(influxdb: InfluxDBDatabase) -> None:
+    """utilization_1h holds, hour by hour, and utilization_1d, local day by local day, the sums
+    of the stored minutes."""
     fields = ("produced", "rejected", "running_s", "planned_s", "down_s", "idle_s")
     sums = ", ".join(f"sum({f}) AS {f}" for f in fields)
     minutes = influxdb.query(
@@ -261,6 +262,20 @@ def hourly_agrees(influxdb: InfluxDBDatabase) -> None:
         assert (hour["time"], hour["machine"]) == (minute["time"], minute["machine"])
         for name in fields:
             assert hour[name] == pytest.approx(minute[name]), (hour["machine"], name)
+    days = influxdb.query(
+        f"SELECT {sums} FROM utilization_1d GROUP BY time(1d), machine fill(none)"
+    )
+    # The oven on both days, the press on the first: keyed by the plant's local midnight.
+    assert len({(d["machine"], d["time"]) for d in days}) == len(days) == 3
+    stored = influxdb.query("SELECT * FROM utilization_1d GROUP BY machine, shift")
+    for machine, begin in sorted({(d["machine"], d["time"]) for d in stored}):
+        local = dt.datetime.fromtimestamp(begin / 1000, ZONE)
+        assert (local.hour, local.minute) == (0, 0)
+        where = f"machine = '{machine}' AND time >= {begin}ms AND time < {begin + 86_400_000}ms"
+        (day,) = influxdb.query(f"SELECT {sums} FROM utilization_1d WHERE {where}")
+        (within,) = influxdb.query(f"SELECT {sums} FROM utilization WHERE {where}")
+        for name in fields:
+            assert (day[name] or 0) == pytest.approx(within[name] or 0), (machine, name)
 
 
 @pytest.mark.integration
@@ -269,19 +284,20 @@ def test_an_import_rebuilds_the_hourly_sums_it_touched_and_rollup_does_it_by_han
 ) -> None:
     config = write_config(tmp_path, influxdb.url, influxdb.database)
     assert main(["import", str(config), str(write_csv(tmp_path, PAPER))]) == 0
-    hourly_agrees(influxdb)
+    sums_agree(influxdb)
     types = influxdb.query("SHOW FIELD KEYS FROM utilization_1h")
     kinds = {row["fieldKey"]: row["fieldType"] for row in types}
     assert kinds["produced"] == "integer" and kinds["planned_s"] == "float"
 
     # A minute corrected by hand: the hour is stale until `aguante rollup` sums it again.
-    influxdb.server.query(
-        "DROP MEASUREMENT utilization_1h", database=influxdb.database, method="POST"
-    )
+    for measurement in ("utilization_1h", "utilization_1d"):
+        influxdb.server.query(
+            f"DROP MEASUREMENT {measurement}", database=influxdb.database, method="POST"
+        )
     capsys.readouterr()
     assert main(["rollup", str(config), "--from", "2026-10-05", "--to", "2026-10-06"]) == 0
-    assert capsys.readouterr().out.strip().endswith("hourly sums written")
-    hourly_agrees(influxdb)
+    assert capsys.readouterr().out.strip().endswith("hourly and daily sums written")
+    sums_agree(influxdb)
     assert main(["rollup", str(config), "--from", "2026-10-06", "--to", "2026-10-05"]) == 2
     assert "--to is before --from" in capsys.readouterr().err
     assert (

@@ -17,6 +17,7 @@ from collector.schema import (
     MACHINE_STATE,
     STOP,
     UTILIZATION,
+    UTILIZATION_DAILY,
     UTILIZATION_HOURLY,
     FieldValue,
     Point,
@@ -346,3 +347,32 @@ def test_each_hour_is_the_sum_of_its_minutes_across_a_restart() -> None:
             assert value == pytest.approx(total(inside, name)), name
             assert type(value) is type(inside[0].fields[name]), name  # ints stay ints
     assert total(hours, "unknown_s") == pytest.approx(300)
+
+
+def test_each_local_day_is_the_sum_of_its_minutes_across_a_restart() -> None:
+    # From 23:30 to 00:40 in Buenos Aires (UTC-3): the day ends at 03:00 UTC, not at 00:00.
+    start = round(dt.datetime(2026, 11, 24, 23, 30, tzinfo=ZONE).timestamp() * 1000)
+    config, first = make(start=start)
+    plant = Plant(first, now=start)
+    plant.run(15 * 60, current=6.0)
+    plant.points += first.close(plant.now)
+    saved = first.checkpoint()
+    back = plant.now + 120 * S
+    calendar = ShiftCalendar(config.calendar, config.timezone)
+    second = MachineTracker.create(config, config.machines[0], calendar, back)
+    again = Plant(second, now=back)
+    again.points += second.resume(saved, back, max_gap_ms=86_400_000)
+    again.run(55 * 60, current=0.0)
+    points = plant.points + again.points
+    (day,) = [p for p in points if p.measurement == UTILIZATION_DAILY]
+    midnight = round(dt.datetime(2026, 11, 24, tzinfo=ZONE).timestamp() * 1000)
+    assert day.time_ms == midnight
+    inside = [
+        p
+        for p in points
+        if p.measurement == UTILIZATION and midnight <= p.time_ms < midnight + 86_400_000
+    ]
+    assert len(inside) == 30  # the tracker started at 23:30
+    for name, value in day.fields.items():
+        assert value == pytest.approx(total(inside, name)), name
+    assert day.fields["running_s"] == 15 * 60 and day.fields["unknown_s"] == 120
