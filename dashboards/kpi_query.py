@@ -31,6 +31,7 @@ from collector.schema import (
     TAG_SHIFT,
     UTILIZATION,
     UTILIZATION_COUNTS,
+    UTILIZATION_DAILY,
     UTILIZATION_HOURLY,
     UTILIZATION_SECONDS,
 )
@@ -57,8 +58,8 @@ GROUPINGS: tuple[Grouping, ...] = ("machine", "sector", "shift", "day", "week", 
 _STATEMENTS_PER_REQUEST = 100
 _FIELDS = UTILIZATION_SECONDS + UTILIZATION_COUNTS
 HOUR_MS = 3_600_000
-# The collector writes an hour's sums once its last minute is rolled up: at most min_duration
-# (600 s) + 2 s after the hour, plus the buffer's flush. Younger hours are read from minutes.
+# The collector writes an hour's (a day's) sums once its last minute is rolled up: at most
+# min_duration (600 s) + 2 s after it ends, plus the buffer's flush. Younger ones: from minutes.
 HOURLY_SETTLED_MS = 15 * 60_000
 
 
@@ -170,11 +171,29 @@ def utilization_statement(
     )
 
 
-def split_by_source(start_ms: int, end_ms: int, hourly_until_ms: int) -> list[tuple[str, int, int]]:
-    """[start_ms, end_ms) as (measurement, start, end) parts: whole hours settled before
-    `hourly_until_ms` from the hourly sums, the minutes around them from `utilization`."""
+def split_by_source(
+    start_ms: int, end_ms: int, settled_until_ms: int, calendar: ShiftCalendar | None = None
+) -> list[tuple[str, int, int]]:
+    """[start_ms, end_ms) as (measurement, start, end) parts: whole local days settled before
+    `settled_until_ms` from the daily sums (with a calendar), whole settled hours around them
+    from the hourly sums, the minutes around those from `utilization`."""
+    if calendar is not None:
+        first_day = calendar.local_day(start_ms)
+        if calendar.local_midnight_ms(first_day) < start_ms:
+            first_day += dt.timedelta(days=1)
+        first = calendar.local_midnight_ms(first_day)
+        last_day = calendar.local_day(min(end_ms, settled_until_ms))
+        last = calendar.local_midnight_ms(last_day)
+        if first < last:
+            return [
+                *split_by_source(start_ms, first, settled_until_ms),
+                (UTILIZATION_DAILY, first, last),
+                *split_by_source(last, end_ms, settled_until_ms),
+            ]
+    if start_ms >= end_ms:
+        return []
     first = -(-start_ms // HOUR_MS) * HOUR_MS
-    last = min(end_ms - end_ms % HOUR_MS, hourly_until_ms - hourly_until_ms % HOUR_MS)
+    last = min(end_ms - end_ms % HOUR_MS, settled_until_ms - settled_until_ms % HOUR_MS)
     if last <= first:
         return [(UTILIZATION, start_ms, end_ms)]
     parts = [(UTILIZATION, start_ms, first)] if start_ms < first else []
@@ -205,9 +224,9 @@ def kpis(
     so minutes never written count in its unknown share. Raises SelectionError for unknown
     machines or sectors and an empty span, QueryError when InfluxDB cannot answer.
 
-    Whole hours that ended a quarter of an hour ago or more are read from the hourly sums the
-    collector keeps (`utilization_1h`, 60 times fewer points), the rest from the minutes;
-    `hourly=False` reads minutes only.
+    Whole local days and hours that ended a quarter of an hour ago or more are read from the
+    daily and hourly sums the collector keeps (`utilization_1d`, `utilization_1h`: 1,440 and 60
+    times fewer points), the rest from the minutes; `hourly=False` reads minutes only.
     """
     if by is not None and by not in GROUPINGS:
         raise SelectionError(f"cannot group by {by!r}; choose one of {', '.join(GROUPINGS)}")
@@ -224,7 +243,7 @@ def kpis(
         (window, measurement, Window(window.label, begin, finish))
         for window in cut
         for measurement, begin, finish in split_by_source(
-            window.start_ms, window.end_ms, hourly_until
+            window.start_ms, window.end_ms, hourly_until, calendar
         )
     ]
     statements = [

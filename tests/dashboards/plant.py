@@ -161,19 +161,26 @@ def random_minutes(
 
 
 def hourly_sums(points: Sequence[Point]) -> list[Point]:
-    """The `utilization_1h` points the collector writes as each hour of these minutes ends."""
-    hours: dict[tuple[int, tuple[tuple[str, str], ...]], dict[str, float | int]] = {}
+    """The `utilization_1h` and `utilization_1d` points the collector writes as each hour and
+    each local day of these minutes ends."""
+    sums: dict[tuple[str, int, tuple[tuple[str, str], ...]], dict[str, float | int]] = {}
     for point in points:
         if point.measurement != "utilization":
             continue
-        key = (point.time_ms - point.time_ms % 3_600_000, tuple(sorted(point.tags.items())))
-        sums = hours.setdefault(key, {})
-        for name, value in point.fields.items():
-            assert isinstance(value, int | float)
-            sums[name] = sums.get(name, 0) + value
+        local = dt.datetime.fromtimestamp(point.time_ms / 1000, ZONE)
+        midnight = round(dt.datetime.combine(local.date(), dt.time(), ZONE).timestamp() * 1000)
+        tags = tuple(sorted(point.tags.items()))
+        for key in (
+            ("utilization_1h", point.time_ms - point.time_ms % 3_600_000, tags),
+            ("utilization_1d", midnight, tags),
+        ):
+            fields = sums.setdefault(key, {})
+            for name, value in point.fields.items():
+                assert isinstance(value, int | float)
+                fields[name] = fields.get(name, 0) + value
     return [
-        Point("utilization_1h", dict(tags), dict(fields), hour)
-        for (hour, tags), fields in sorted(hours.items())
+        Point(measurement, dict(tags), dict(fields), at)
+        for (measurement, at, tags), fields in sorted(sums.items())
     ]
 
 

@@ -543,3 +543,24 @@ async def test_hours_come_from_the_hourly_sums_and_the_recent_ones_from_minutes(
             and local_ms(2026, 3, 2, 9) <= p.time_ms < local_ms(2026, 3, 2, 10)
         )
     )
+
+
+@pytest.mark.integration
+async def test_whole_days_come_from_the_daily_sums(
+    influxdb: InfluxDBDatabase, filled: list[Point]
+) -> None:
+    config = plant_config(influxdb.url, influxdb.database)
+    with InfluxQL(influxdb.url, influxdb.database) as db:
+        before = kpis(db, config, START, END, by="day")
+    # A daily sum that disagrees with its minutes shows: the day was read from it.
+    midnight = local_ms(2026, 3, 2)
+    wrong = utilization("lathe-1", midnight, {"produced": 99_999})
+    wrong = Point("utilization_1d", wrong.tags, wrong.fields, midnight)
+    await write(influxdb.url, influxdb.database, [wrong], hourly=False)
+    with InfluxQL(influxdb.url, influxdb.database) as db:
+        after = kpis(db, config, START, END, by="day")
+        minutes = kpis(db, config, START, END, by="day", hourly=False)
+    changed = [a.label for a, b in zip(after, before, strict=True) if a.totals != b.totals]
+    assert changed == ["2026-03-02"]
+    for from_minutes, from_sums in zip(minutes, before, strict=True):
+        assert_same(from_sums.totals, from_minutes.totals, from_sums.label)
