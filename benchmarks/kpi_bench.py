@@ -2,23 +2,28 @@
 
 Writes a year of `utilization` minutes for 50 machines into a fresh database of a private
 `influxd` — what the collector would have written, with the same tags, fields and shift tags —
-and the hourly sums (`utilization_1h`) the collector writes as each hour ends, then times the
-KPI queries an assembly report or dashboard makes: the whole plant by month, and every machine
-over the year. Each query runs from the minutes alone and from the hourly sums, three times.
+and the hourly and daily sums (`utilization_1h`, `utilization_1d`) the collector writes as each
+hour and each local day ends, then times the KPI queries an assembly report or dashboard makes:
+the whole plant by month, and every machine over the year. Each query runs from the minutes
+alone and from the sums (`dashboards.kpi_query.kpis`, as `aguante kpi` runs it), three times.
 
     .venv/bin/python benchmarks/kpi_bench.py [--machines 50] [--days 365]
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -81,6 +86,7 @@ class HourTemplate:
 
     fields: list[str]
     sums: str
+    values: tuple[float, ...]
 
 
 def _minute(rng: random.Random, planned: bool, rate: float) -> tuple[float, ...]:
@@ -146,7 +152,7 @@ def hour_templates(
     for _ in range(count):
         minutes = [_minute(rng, p, rate) for p in planned]
         sums = tuple(sum(column) for column in zip(*minutes, strict=True))
-        templates.append(HourTemplate([_format(m) for m in minutes], _format(sums)))
+        templates.append(HourTemplate([_format(m) for m in minutes], _format(sums), sums))
     return templates
 
 
@@ -166,8 +172,9 @@ def week_of_hours(calendar: ShiftCalendar) -> list[tuple[tuple[bool, ...], str]]
     return hours
 
 
-def lines(config: Config, days: int, seed: int = 7) -> Iterator[tuple[str, bool]]:
-    """(line, is_hourly) for every minute and hour of every machine, hour by hour."""
+def lines(config: Config, days: int, seed: int = 7) -> Iterator[tuple[str, str]]:
+    """(line, "minute" | "hour" | "day") for every minute, hour and local day of every machine
+    (the plant's zone keeps UTC-3 all year: its days are 24 hours from YEAR_START)."""
     calendar = ShiftCalendar(config.calendar, config.timezone)
     week = week_of_hours(calendar)
     rng = random.Random(seed)
@@ -177,6 +184,7 @@ def lines(config: Config, days: int, seed: int = 7) -> Iterator[tuple[str, bool]
     for machine in config.machines:
         rate = machine.rated_per_hour or 0.0
         base = f"factory={FACTORY},machine={machine.id},sector={machine.sector}"
+        daily: dict[str, list[float]] = {}
         for hour in range(days * 24):
             planned, shift = week[(hour - first_monday_hour) % (7 * 24)]
             key = (planned, rate)
@@ -187,8 +195,16 @@ def lines(config: Config, days: int, seed: int = 7) -> Iterator[tuple[str, bool]
             tags = base + (f",shift={shift}" if shift else "")
             at = start_ms + hour * HOUR_MS
             for minute, fields in enumerate(template.fields):
-                yield f"utilization,{tags} {fields} {at + minute * MINUTE_MS}", False
-            yield f"utilization_1h,{tags} {template.sums} {at}", True
+                yield f"utilization,{tags} {fields} {at + minute * MINUTE_MS}", "minute"
+            yield f"utilization_1h,{tags} {template.sums} {at}", "hour"
+            day = daily.setdefault(tags, [0.0] * len(NAMES))
+            for index, value in enumerate(template.values):
+                day[index] += value
+            if hour % 24 == 23:
+                midnight = at - 23 * HOUR_MS
+                for day_tags, values in daily.items():
+                    yield f"utilization_1d,{day_tags} {_format(tuple(values))} {midnight}", "day"
+                daily.clear()
 
 
 @dataclass
@@ -197,6 +213,7 @@ class KpiMeasurement:
     days: int
     minutes_written: int = 0
     hours_written: int = 0
+    days_written: int = 0
     write_s: float = 0.0
     timings: dict[str, list[float]] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
@@ -222,12 +239,14 @@ def write_year(url: str, database: str, config: Config, days: int, m: KpiMeasure
                 raise RuntimeError(f"write failed: {response.status_code} {response.text}")
             batch.clear()
 
-        for line, hourly in lines(config, days):
+        for line, kind in lines(config, days):
             batch.append(line)
-            if hourly:
+            if kind == "minute":
+                m.minutes_written += 1
+            elif kind == "hour":
                 m.hours_written += 1
             else:
-                m.minutes_written += 1
+                m.days_written += 1
             if len(batch) >= BATCH_LINES:
                 send()
         if batch:
@@ -249,7 +268,8 @@ def report_lines(m: KpiMeasurement) -> list[str]:
         "## KPI queries over a year of minute rollups",
         "",
         f"{m.machines} machines × {m.days} days: {m.minutes_written:,} `utilization` minutes and "
-        f"{m.hours_written:,} `utilization_1h` hours written in {m.write_s:.0f} s "
+        f"{m.hours_written:,} `utilization_1h` hours and {m.days_written:,} `utilization_1d` "
+        f"days written in {m.write_s:.0f} s "
         f"({m.minutes_written / max(m.write_s, 1e-9):,.0f} minutes/s). "
         f"Target: each query under {TARGET_S:g} s. Times: median (first, min–max) of 3 runs.",
         "",
@@ -268,7 +288,78 @@ def report_lines(m: KpiMeasurement) -> list[str]:
         )
     out += [
         "",
-        f"- {'PASS' if m.agree else '**FAIL**'}: the hourly sums give the same KPIs as the minutes",
+        f"- {'PASS' if m.agree else '**FAIL**'}: the daily and hourly sums give the same KPIs as "
+        "the minutes",
         "",
     ]
     return out
+
+
+def run_kpi(
+    influx_url: str,
+    *,
+    machines: int = 50,
+    days: int = 365,
+    progress: Callable[[str], None] = print,
+) -> KpiMeasurement:
+    """Write the year, then time the queries from minutes and from hourly sums."""
+    from collector.influxql import InfluxQL
+    from dashboards.kpi_query import kpis
+
+    database = "kpi_year"
+    config = bench_config(machines, influx_url, database)
+    m = KpiMeasurement(machines, days)
+    progress(f"== KPI: writing {machines} machines × {days} days of minute rollups")
+    write_year(influx_url, database, config, days, m)
+    progress(f"   {m.minutes_written:,} minutes in {m.write_s:.0f} s")
+    start = YEAR_START.astimezone(ZoneInfo(ZONE)).date()
+    end = start + dt.timedelta(days=days)
+    now = dt.datetime.combine(end, dt.time(12), tzinfo=dt.UTC) + dt.timedelta(days=30)
+    answers = {}
+    with InfluxQL(influx_url, database, timeout=600) as db:
+        for by in ("month", "machine"):
+            for hourly in (True, False):
+                source = "daily + hourly sums" if hourly else "minutes only"
+                name = f"plant by {by}, {days} days / {source}"
+                progress(f"   {name}")
+
+                def query(by: str = by, hourly: bool = hourly) -> int:
+                    rows = kpis(db, config, start, end, by=by, now=now, hourly=hourly)  # type: ignore[arg-type]
+                    answers[(by, hourly)] = rows
+                    return len(rows)
+
+                m.timings[name], m.rows[name] = time_query(query)
+                progress(f"     {statistics.median(m.timings[name]):.2f} s")
+    m.agree = all(_same(answers[(by, True)], answers[(by, False)]) for by in ("month", "machine"))
+    return m
+
+
+def _same(a: list[Any], b: list[Any]) -> bool:
+    if [r.label for r in a] != [r.label for r in b]:
+        return False
+    for x, y in zip(a, b, strict=True):
+        for name in ("running_s", "planned_s", "produced", "capacity", "unknown_s"):
+            u, v = getattr(x.totals, name), getattr(y.totals, name)
+            if abs(u - v) > 1e-6 * max(1.0, abs(v)):
+                return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tests.services import InfluxDB
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--machines", type=int, default=50)
+    parser.add_argument("--days", type=int, default=365)
+    args = parser.parse_args(argv)
+    with (
+        tempfile.TemporaryDirectory(prefix="aguante-kpi-") as workdir,
+        InfluxDB(Path(workdir) / "influxdb") as influx,
+    ):
+        m = run_kpi(influx.url, machines=args.machines, days=args.days)
+    print("\n".join(report_lines(m)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,9 +1,10 @@
 """`make bench`: the collector against the plainest Python loop, polling the same simulated devices
 into the same InfluxDB, in one run on this machine; then (mqtt_bench.py) against the plainest
-paho subscriber, taking add-on boards' messages from Mosquitto; rewrites benchmarks/RESULTS.md.
+paho subscriber, taking add-on boards' messages from Mosquitto; then (kpi_bench.py) KPI queries
+over a year of minute rollups of 50 machines; rewrites benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/run.py [--seconds 30] [--warmup 5] [--repeat 2] [--burst 50000]
-        [--shapes plant,scale,mqtt-tasmota,mqtt-tasmota-burst,mqtt-plain,mqtt-plain-burst]
+        [--shapes plant,scale,mqtt-tasmota,mqtt-tasmota-burst,mqtt-plain,mqtt-plain-burst,kpi-year]
 
 A contender is a command to start and a process to measure (`Contender`); the simulators and
 `influxd` run in processes of their own so that only the contender's CPU is counted.
@@ -40,7 +41,8 @@ BENCH = ROOT / "benchmarks"
 BIN = Path(sys.executable).parent  # the venv's bin, where `aguante` is installed
 sys.path.insert(0, str(ROOT))  # for tests.services (the tests' own influxd harness)
 
-import mqtt_bench  # noqa: E402  (benchmarks/, the script's own directory)
+import kpi_bench  # noqa: E402  (benchmarks/, the script's own directory)
+import mqtt_bench  # noqa: E402
 
 from tests.services import InfluxDB  # noqa: E402
 
@@ -50,6 +52,7 @@ FACTORY = "bench"
 SECTOR = "bench"
 CPU_TARGET = 1.0  # aguante's CPU per value stored, as a multiple of the plain loop's
 _PR_SET_PDEATHSIG = 1
+KPI_SHAPE = "kpi-year"  # a year of minute rollups for 50 machines, then KPI queries
 REQUEST_TOLERANCE = 0.01  # window edges cut a poll or two; a wrong plan is off by >= 10 %
 
 
@@ -678,6 +681,7 @@ def write_report(
     args: argparse.Namespace,
     started: float,
     mqtt_results: dict[str, list[mqtt_bench.MqttMeasurement]] | None = None,
+    kpi_result: kpi_bench.KpiMeasurement | None = None,
 ) -> None:
     info = machine_description()
     lines = [
@@ -707,6 +711,8 @@ def write_report(
             HOW_TO_READ,
         ]
     lines += mqtt_bench.report_lines(mqtt_results or {}, args.repeat)
+    if kpi_result is not None:
+        lines += kpi_bench.report_lines(kpi_result)
     path.write_text("\n".join(lines))
 
 
@@ -715,7 +721,11 @@ def write_report(
 
 def run(
     args: argparse.Namespace,
-) -> tuple[dict[str, list[Measurement]], dict[str, list[mqtt_bench.MqttMeasurement]]]:
+) -> tuple[
+    dict[str, list[Measurement]],
+    dict[str, list[mqtt_bench.MqttMeasurement]],
+    kpi_bench.KpiMeasurement | None,
+]:
     results: dict[str, list[Measurement]] = {}
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aguante-bench-")))
@@ -753,7 +763,12 @@ def run(
             repeat=args.repeat,
             progress=lambda line: print(line, flush=True),
         )
-    return results, mqtt_results
+        kpi_result = None
+        if KPI_SHAPE in args.shapes:
+            kpi_result = kpi_bench.run_kpi(
+                influx.url, progress=lambda line: print(line, flush=True)
+            )
+    return results, mqtt_results, kpi_result
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -765,8 +780,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--shapes",
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        default=[*SHAPES, *mqtt_bench.MQTT_SHAPES],
-        help=f"comma-separated, of: {', '.join([*SHAPES, *mqtt_bench.MQTT_SHAPES])} (all)",
+        default=[*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE],
+        help="comma-separated, of: "
+        f"{', '.join([*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE])} (all)",
     )
     parser.add_argument(
         "--repeat", type=int, default=2, help="runs of each contender per MQTT shape (2)"
@@ -778,7 +794,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--output", type=Path, default=BENCH / "RESULTS.md", help="report (benchmarks/RESULTS.md)"
     )
     args = parser.parse_args(argv)
-    known = [*SHAPES, *mqtt_bench.MQTT_SHAPES]
+    known = [*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE]
     unknown = [s for s in args.shapes if s not in known]
     if unknown:
         parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(known)}")
@@ -798,11 +814,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminated)
     started = time.time()
     try:
-        results, mqtt_results = run(args)
+        results, mqtt_results, kpi_result = run(args)
     except KeyboardInterrupt:
         print("interrupted; every process started was stopped", file=sys.stderr)
         return 130
-    write_report(args.output, results, args, started, mqtt_results)
+    write_report(args.output, results, args, started, mqtt_results, kpi_result)
     print(f"wrote {args.output}")
     return 0
 
