@@ -5,9 +5,10 @@ many small calls), on the MQTT benchmark's own payloads.
     .venv/bin/python benchmarks/stages_mqtt.py [--messages 20000] [--rounds 5]
 
 No broker or InfluxDB: the stages are called directly, as the collector calls them. The
-hand-over (paho's callback on the event loop → asyncio.Queue → the source's iterator) is timed on
-its own. What no stage here covers — paho reading and decoding packets, the acks, the HTTP
-POSTs — is the difference between these sums and the benchmark's CPU per message.
+hand-over (the source's paho callback on the event loop → its inbox → its iterator, in turns of
+READ_BURST messages as in a burst) is timed with `handle` left out. What no stage here covers —
+paho reading and decoding packets, the acks, the HTTP POSTs, the event loop's turns — is the
+difference between these sums and the benchmark's CPU per message.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from mqtt_load import plain_sources, tasmota_sources
 from plain_mqtt import Subscriber
 
 from collector.app import Collector
-from collector.config import load_config
-from collector.delivery import MemoryBuffer
-from collector.lineprotocol import drop_nonfinite, encode_point
+from collector.config import Config, load_config
+from collector.delivery import Delivery
+from collector.lineprotocol import encode_point
 from collector.schema import Point
 from collector.sinks.memory import MemorySink
 from collector.sources import Reading
-from collector.sources.mqtt import Delivered, MqttSource
+from collector.sources.mqtt import READ_BURST, Delivered, MqttSource
 
 
 def messages(shape: MqttShape, count: int) -> list[tuple[str, bytes]]:
@@ -58,21 +59,30 @@ def cpu_us(function: Callable[[], object], count: int, rounds: int) -> float:
     return statistics.median(results)
 
 
-def handover_us(count: int, rounds: int) -> float:
-    """paho's callback (on the loop) → asyncio.Queue → an async iterator, per item."""
+def handover_us(config: Config, raw: list[paho.MQTTMessage], rounds: int) -> float:
+    """The source's `_on_message` (a Delivered and its ack, into the inbox) → its iterator, per
+    message; `handle` answers with one ready reading, so only the hand-over is timed."""
+    count = len(raw)
+    reading = Reading("m", 0, {"v": 1.0})
 
     async def one_round() -> None:
-        queue: asyncio.Queue[int] = asyncio.Queue()
+        source = MqttSource(config)
+        source._loop = asyncio.get_running_loop()
+        source.handle = lambda delivered: [reading]  # type: ignore[method-assign]
+        client: Any = None  # the ack is made, not called: it would need a connection
 
         async def consume() -> None:
-            for _ in range(count):
-                await queue.get()
+            taken = 0
+            async for _ in source:
+                taken += 1
+                if taken == count:
+                    return
 
         consumer = asyncio.create_task(consume())
-        for k in range(count):
-            queue.put_nowait(k)
-            if k % 256 == 255:
-                await asyncio.sleep(0)  # paho reads up to 256 packets per wake-up
+        for k, message in enumerate(raw):
+            source._on_message(client, None, message)
+            if k % READ_BURST == READ_BURST - 1:
+                await asyncio.sleep(0)  # a turn of the loop per READ_BURST packets read
         await consumer
 
     return cpu_us(lambda: asyncio.run(one_round()), count, rounds)
@@ -98,33 +108,39 @@ def stages(shape: MqttShape, count: int, rounds: int, workdir: Path) -> list[tup
         points.clear()
         points.extend(collector.to_point(r) for r in readings)
 
-    def submit() -> None:  # Delivery.submit's work: drop non-finite fields, into the buffer
-        buffer = MemoryBuffer(10 * count)
-        buffer.put([drop_nonfinite(p)[0] for p in points])
+    def submit() -> None:  # the collector submits each reading's point on its own
+        delivery = Delivery(
+            MemorySink(),
+            batch_size=10 * count,
+            max_points=10 * count,
+            quarantine_path=workdir / "quarantine.jsonl",
+        )
+        for point in points:
+            delivery.submit([point])
 
     def encode() -> None:  # InfluxDBSink.write's work for one batch
         "".join(encode_point(p) + "\n" for p in points).encode()
 
-    def wrap() -> None:  # _on_message: a Delivered per message
-        for message in delivered:
-            Delivered(message.topic, bytes(message.payload), received, None)
+    raw = []
+    for mid, (topic, payload) in enumerate(batch):
+        message = paho.MQTTMessage(mid % 65535 + 1, topic.encode())
+        message.payload = payload
+        message.qos = 1  # as the benchmark's load sends them: each gets its ack
+        raw.append(message)
 
     results = [
-        ("aguante: _on_message's Delivered", cpu_us(wrap, count, rounds)),
-        ("aguante: hand-over to the loop (measured alone)", handover_us(count, rounds)),
+        ("aguante: _on_message → inbox → iterator", handover_us(config, raw, rounds)),
         ("aguante: MqttSource.handle (route, parse, coerce, stamp)", cpu_us(handle, count, rounds)),
         ("aguante: Collector.to_point", cpu_us(to_points, count, rounds)),
-        ("aguante: Delivery.submit (drop_nonfinite, buffer)", cpu_us(submit, count, rounds)),
+        (
+            "aguante: Delivery.submit per reading (drop_nonfinite, buffer)",
+            cpu_us(submit, count, rounds),
+        ),
         ("aguante: encode_point + join (sink)", cpu_us(encode, count, rounds)),
     ]
 
     spec_path = Path(PlainSubscriber().command(target)[-1])
     subscriber = Subscriber(json.loads(spec_path.read_text()))
-    raw = []
-    for topic, payload in batch:
-        message = paho.MQTTMessage(0, topic.encode())
-        message.payload = payload
-        raw.append(message)
     callback: Any = subscriber.client.on_message
 
     def plain() -> None:

@@ -55,12 +55,15 @@ class MemoryBuffer:
         return len(self._waiting) + len(self._taken)
 
     def put(self, points: Sequence[Point]) -> int:
-        self._waiting.extend(points)
-        excess = max(0, self.depth - self.max_points)
+        waiting = self._waiting
+        waiting.extend(points)
+        excess = len(waiting) + len(self._taken) - self.max_points
+        if excess <= 0:
+            return 0  # the usual case: called for every reading
         # The taken batch may be stored already; dropping the next-oldest loses nothing twice.
-        excess = min(excess, len(self._waiting))
+        excess = min(excess, len(waiting))
         for _ in range(excess):
-            self._waiting.popleft()
+            waiting.popleft()
         return excess
 
     def take(self, max_n: int) -> list[Point]:

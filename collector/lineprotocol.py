@@ -23,6 +23,10 @@ _NAME_SPECIAL = ", ="  # tag keys, tag values and field keys
 # Field keys are the config's signal names, a bounded set met in every point: a dict lookup is
 # the cheapest way past escaping them each time.
 _FIELD_KEYS: dict[str, str] = {}
+# A line's measurement and tags, escaped, by (measurement, tags as given): the same few recur in
+# every point of a machine. Past the bound, the rest are escaped point by point.
+_MAX_PREFIXES = 4096
+_PREFIXES: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
 
 
 class InvalidPointError(ValueError):
@@ -36,7 +40,11 @@ class InvalidPointError(ValueError):
 
 def drop_nonfinite(point: Point) -> tuple[Point, int]:
     """The point without its NaN/±inf float fields, and how many were left out."""
-    if not any(_nonfinite(v) for v in point.fields.values()):
+    isfinite = math.isfinite
+    for value in point.fields.values():
+        if isinstance(value, float) and not isfinite(value):
+            break
+    else:
         return point, 0  # the usual case, without building a new point
     finite = {k: v for k, v in point.fields.items() if not _nonfinite(v)}
     return Point(point.measurement, point.tags, finite, point.time_ms), len(point.fields) - len(
@@ -47,6 +55,42 @@ def drop_nonfinite(point: Point) -> tuple[Point, int]:
 def encode_point(point: Point) -> str:
     """One line, without its newline. Non-finite float fields are left out; tags sorted by key,
     empty tag values omitted. Raises `InvalidPointError` if the point cannot be written."""
+    tags = (point.measurement, tuple(point.tags.items()))
+    prefix = _PREFIXES.get(tags)
+    if prefix is None:
+        prefix = _prefix(point)
+        if len(_PREFIXES) < _MAX_PREFIXES:
+            _PREFIXES[tags] = prefix
+    fields = []
+    isfinite = math.isfinite
+    for key, value in point.fields.items():
+        kind = type(value)  # exact types first: this loop runs for every value collected
+        if kind is float:
+            if not isfinite(value):  # type: ignore[arg-type]
+                continue
+            text = repr(value)
+        elif kind is int and _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
+            text = f"{value}i"
+        else:
+            if _nonfinite(value):
+                continue
+            text = _value(point, value)
+        escaped = _FIELD_KEYS.get(key)
+        if escaped is None:
+            if key == "":
+                raise InvalidPointError(point, "a field key is empty")
+            escaped = _FIELD_KEYS[key] = _escape(point, "field key", key, _NAME_SPECIAL)
+        fields.append(f"{escaped}={text}")
+    if not fields:
+        raise InvalidPointError(point, "no field left to store (NaN and ±inf cannot be stored)")
+    time_ms = point.time_ms
+    if type(time_ms) is not int and (isinstance(time_ms, bool) or not isinstance(time_ms, int)):
+        raise InvalidPointError(point, f"time_ms must be an integer, not {time_ms!r}")
+    return f"{prefix} {','.join(fields)} {time_ms}"
+
+
+def _prefix(point: Point) -> str:
+    """The measurement and the tags of a point's line, escaped."""
     name = point.measurement
     if not name:
         raise InvalidPointError(point, "the measurement name is empty")
@@ -64,30 +108,7 @@ def encode_point(point: Point) -> str:
             f",{_escape(point, 'tag key', key, _NAME_SPECIAL)}"
             f"={_escape(point, 'tag value', tag_value, _NAME_SPECIAL)}"
         )
-    fields = []
-    for key, value in point.fields.items():
-        kind = type(value)  # exact types first: this loop runs for every value collected
-        if kind is float:
-            if not math.isfinite(value):  # type: ignore[arg-type]
-                continue
-            text = repr(value)
-        elif kind is int and _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
-            text = f"{value}i"
-        else:
-            if _nonfinite(value):
-                continue
-            text = _value(point, value)
-        if key == "":
-            raise InvalidPointError(point, "a field key is empty")
-        escaped = _FIELD_KEYS.get(key)
-        if escaped is None:
-            escaped = _FIELD_KEYS[key] = _escape(point, "field key", key, _NAME_SPECIAL)
-        fields.append(f"{escaped}={text}")
-    if not fields:
-        raise InvalidPointError(point, "no field left to store (NaN and ±inf cannot be stored)")
-    if isinstance(point.time_ms, bool) or not isinstance(point.time_ms, int):
-        raise InvalidPointError(point, f"time_ms must be an integer, not {point.time_ms!r}")
-    return f"{''.join(parts)} {','.join(fields)} {point.time_ms}"
+    return "".join(parts)
 
 
 def encode_batch(points: Iterable[Point]) -> bytes:

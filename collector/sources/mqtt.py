@@ -15,22 +15,23 @@ import ssl
 import threading
 import time
 import zoneinfo
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collector.config import Config, MqttConfig, MqttSignal, MqttSubscription
+from collector.config import Config, MqttConfig, MqttSubscription
 from collector.schema import FieldValue
 from collector.sources import HealthRecord, Reading, Unavailable
 from collector.sources.mqtt_formats import (
+    Coercer,
     PayloadError,
-    PayloadParser,
-    coerce,
+    Reader,
+    coercer,
     make_parser,
     plausible_time,
 )
@@ -44,9 +45,11 @@ log = logging.getLogger(__name__)
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 60.0  # seconds between connection attempts
 MAX_TOPICS = 2000  # topics counted one by one in the collector measurement; the rest together
 OTHER_TOPICS = "_other"
+MAX_ROUTED_TOPICS = 10_000  # topics whose routes are kept worked out; others are matched anew
 CONNECT_WAIT = 15.0  # seconds a stop waits for a connection attempt under way
 STALE_TIME_MS = 3_600_000  # a payload time this far behind arrival is stored, and counted
-READ_BURST = 256  # packets paho may read per wake-up of the socket
+READ_BURST = 256  # packets read per turn of the event loop, at most
+RECV_BYTES = 65536  # read from the socket at once
 # A Sparkplug edge node is asked for a rebirth at most once per this many seconds.
 REBIRTH_EVERY = 30.0
 # A topic's bad messages are logged at most once per this many seconds, with a sample.
@@ -56,15 +59,20 @@ SAMPLE_BYTES = 120
 
 @dataclass
 class _Route:
-    """One topic kind of one subscription: how to match it and what to read from it."""
+    """One topic kind of one subscription: how to match it and what to read from it, compiled
+    once: its reader, and per selector the fields it fills and how each value is stored."""
 
     subscription: MqttSubscription
     kind: str
     pattern: TopicPattern
-    parser: PayloadParser
+    read: Reader
     machine: str | None  # None: the topic's {machine} level names it
-    by_selector: dict[str, list[MqttSignal]]
-    wanted: tuple[str, ...]
+    fields: dict[str, tuple[tuple[str, Coercer], ...]]  # selector → (field name, coercer)
+    availability: bool  # a kind that says whether the board is up, and carries no values
+
+    @property
+    def board(self) -> str:
+        return self.subscription.topic
 
 
 @dataclass
@@ -74,8 +82,54 @@ class _TopicHealth:
     logged_at: float = -LOG_EVERY
 
 
-@dataclass(frozen=True)
-class Delivered:
+@dataclass
+class _Target:
+    """A route as one topic reaches it, worked out at the topic's first message."""
+
+    route: _Route
+    named: str | None  # the machine the route or the topic names
+    machine: str | None  # the same if it is a machine of the config, else None
+    key: str | None  # the topic level the format reads
+    board: tuple[str, str] | None  # (machine, board topic)
+    health: _TopicHealth | None = None  # the topic's counters, once counted
+
+
+class _Client(paho.Client):
+    """paho's client, reading its socket a chunk at a time.
+
+    paho reads a packet's first byte, then each byte of its length, then the rest: a system
+    call each, and one packet per `loop_read`. Here they are served from one read, and
+    `buffered` says whether packets already read wait (in the chunk, or inside TLS), which
+    no wake-up of the socket would announce. paho 2.x reads only through `_sock_recv`; the
+    end-to-end tests against Mosquitto (TLS among them) would fail if a release changed that.
+    """
+
+    _chunk = b""
+    _taken = 0
+    _chunk_of: object = None  # the socket the chunk was read from
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        chunk, taken = self._chunk, self._taken
+        if taken >= len(chunk) or self._chunk_of is not self._sock:
+            chunk = super()._sock_recv(RECV_BYTES)  # raises as paho expects
+            if not chunk:
+                return chunk  # the broker closed the connection
+            self._chunk, self._chunk_of, taken = chunk, self._sock, 0
+        data = chunk[taken : taken + bufsize]
+        self._taken = taken + len(data)
+        return data
+
+    @property
+    def buffered(self) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        if self._taken < len(self._chunk) and self._chunk_of is sock:
+            return True
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+class Delivered(NamedTuple):
     """A message as the source sees it; `ack` confirms it to the broker (QoS ≥ 1)."""
 
     topic: str
@@ -101,21 +155,34 @@ class MqttSource:
             (m.id, s) for m in config.machines for s in m.mqtt
         ]
         boards += [(s.machine, s) for s in self.settings.subscriptions]
+        # The signals each board gives its machine, (machine, board topic) → names; a board under
+        # a {machine} placeholder (machine None) gives them to each machine its topics name.
+        self._board_signals: dict[tuple[str | None, str], frozenset[str]] = {}
+        for machine, subscription in boards:
+            names = frozenset(signal.name for signal in subscription.signals)
+            key = (machine, subscription.topic)
+            self._board_signals[key] = self._board_signals.get(key, frozenset()) | names
+        # The boards a lost broker link blinds: every configured one, and each machine met under
+        # a placeholder (which machines publish there is known only from their messages).
+        self._boards: set[tuple[str, str]] = {
+            (machine, board) for machine, board in self._board_signals if machine is not None
+        }
         for machine, subscription in boards:
             parser = make_parser(subscription.format, zone=zone)  # one per board: Sparkplug state
-            by_selector: dict[str, list[MqttSignal]] = defaultdict(list)
+            by_selector: dict[str, list[tuple[str, Coercer]]] = defaultdict(list)
             for signal in subscription.signals:
-                by_selector[signal.selector].append(signal)
+                by_selector[signal.selector].append((signal.name, coercer(signal)))
+            fields = {selector: tuple(each) for selector, each in by_selector.items()}
             for kind, template in topic_layout(subscription.format, subscription.topic).items():
                 self._routes.append(
                     _Route(
                         subscription,
                         kind,
                         TopicPattern.compile(template),
-                        parser,
+                        parser.reader(kind, tuple(fields)),
                         machine,
-                        dict(by_selector),
-                        tuple(by_selector),
+                        fields,
+                        kind in AVAILABILITY_KINDS,
                     )
                 )
         self.filters = sorted({route.pattern.filter for route in self._routes})
@@ -130,8 +197,12 @@ class MqttSource:
                 self._exact[route.pattern.template].append(route)
             else:
                 self._patterned.append(route)
+        self._targets: dict[str, list[_Target]] = {}  # topic → the routes it reaches
+        self._max_payload = self.settings.max_payload
         self._topics: dict[str, _TopicHealth] = {}
         self._online: dict[tuple[str, str], bool] = {}  # (machine, board topic) → online
+        self._offline_since: dict[tuple[str, str], int] = {}  # (machine, board) → UTC ms
+        self._link_lost_ms: int | None = None  # since when the broker link is down, once tried
         self._last_arrival: dict[tuple[str, str], int] = {}  # (machine, field) → last stamp
         self._rebirth_asked: dict[str, float] = {}
         self._connected = False
@@ -146,8 +217,14 @@ class MqttSource:
         self._client: paho.Client | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._sockets: set[Any] = set()
+        self._writers: set[Any] = set()  # sockets watched for room to write
+        self._write_soon = False
+        self._acking = False
         self._loop_thread = threading.get_ident()
-        self._queue: asyncio.Queue[Delivered] | None = None
+        # Messages from paho's callback to the iterator: a deque, and a future the iterator
+        # waits on when it is empty (what asyncio.Queue does, with less bookkeeping).
+        self._inbox: deque[Delivered] = deque()
+        self._inbox_waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.messages = 0
 
@@ -156,7 +233,6 @@ class MqttSource:
     async def __aenter__(self) -> MqttSource:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._queue = asyncio.Queue()
         self._client = self._make_client()
         # connect_async only records where to connect; _keep_connected does it, off the loop.
         self._client.connect_async(
@@ -246,7 +322,7 @@ class MqttSource:
         self._on_loop(self._unwatch, sock)
 
     def _on_register_write(self, client: paho.Client, _u: Any, sock: Any) -> None:
-        self._on_loop(self._add_writer, client, sock)
+        self._on_loop(self._want_write, client, sock)
 
     def _on_unregister_write(self, client: paho.Client, _u: Any, sock: Any) -> None:
         self._on_loop(self._remove_writer, sock)
@@ -260,35 +336,71 @@ class MqttSource:
         else:
             loop.call_soon_threadsafe(function, *args)
 
-    def _watch(self, client: paho.Client, sock: Any) -> None:
+    def _watch(self, client: _Client, sock: Any) -> None:
         assert self._loop is not None
         if self._closing:
             return
-        # Up to READ_BURST packets per wake-up: a burst of queued messages is read in few turns.
-        self._loop.add_reader(sock, client.loop_read, READ_BURST)
+        self._loop.add_reader(sock, self._read, client)
         self._sockets.add(sock)
+
+    def _read(self, client: _Client) -> None:
+        # paho's loop_read reads one packet whatever it is asked: go on while packets already
+        # read wait, up to READ_BURST per turn, so a burst is read in few turns of the loop.
+        for _ in range(READ_BURST):
+            if client.loop_read() != paho.MQTT_ERR_SUCCESS or not client.buffered:
+                return
+        assert self._loop is not None
+        self._loop.call_soon(self._read, client)  # read already: no wake-up would come for it
 
     def _unwatch(self, sock: Any) -> None:
         assert self._loop is not None
         self._loop.remove_reader(sock)
-        self._loop.remove_writer(sock)
+        self._remove_writer(sock)
         self._sockets.discard(sock)
+
+    def _want_write(self, client: paho.Client, sock: Any) -> None:
+        assert self._loop is not None
+        if self._acking:
+            return  # the ack writes it at once
+        if not self._accepted:
+            # Connecting: written when the selector says there is room, after what the broker
+            # sent is read (a TLS alert saying why it refuses would be lost to a reset).
+            self._add_writer(client, sock)
+        elif not self._write_soon:
+            # Written after this turn of the loop, without asking the selector to watch for
+            # room (two system calls) and waiting for its answer.
+            self._write_soon = True
+            self._loop.call_soon(self._write_soon_now, client)
+
+    def _write_soon_now(self, client: paho.Client) -> None:
+        self._write_soon = False
+        self._write(client)
+
+    def _write(self, client: paho.Client) -> None:
+        client.loop_write()
+        sock = client.socket()
+        if client.want_write() and sock is not None:
+            self._add_writer(client, sock)  # the socket is full: written as it drains
 
     def _add_writer(self, client: paho.Client, sock: Any) -> None:
         assert self._loop is not None
-        self._loop.add_writer(sock, client.loop_write)
+        if not self._closing:  # a stop writes its DISCONNECT itself
+            self._loop.add_writer(sock, client.loop_write)
+            self._writers.add(sock)
 
     def _remove_writer(self, sock: Any) -> None:
         assert self._loop is not None
-        self._loop.remove_writer(sock)
+        if sock in self._writers:
+            self._writers.discard(sock)
+            self._loop.remove_writer(sock)
 
     def _forget_sockets(self) -> None:
         for sock in list(self._sockets):
             self._unwatch(sock)
 
-    def _make_client(self) -> paho.Client:
+    def _make_client(self) -> _Client:
         settings = self.settings
-        client = paho.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             clean_session=False,  # the broker keeps our QoS 1 messages while we are away
@@ -312,7 +424,7 @@ class MqttSource:
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
-        client.on_log = self._on_log
+        client.on_log = self._on_log  # until the broker accepts: see _on_connect
         client.on_message = self._on_message
         return client
 
@@ -329,6 +441,9 @@ class MqttSource:
             self._connect_failed(f"the broker refused the connection: {text}{hint}")
             self._refused_now = True  # the disconnect that follows is the same failure
             return
+        # paho formats a line for its log callback about every packet; the only lines wanted
+        # are the errors that explain a connection refused before it is accepted.
+        client.on_log = None
         # Subscriptions are renewed on every connect: a broker that lost its state (restarted
         # without persistence) would otherwise keep us connected and deaf.
         self._accepted = True
@@ -348,7 +463,8 @@ class MqttSource:
         if level == paho.MQTT_LOG_ERR:
             self._last_error = text
 
-    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_disconnect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        client.on_log = self._on_log
         accepted, self._accepted = self._accepted, False
         refused_now, self._refused_now = self._refused_now, False
         if not accepted and not self._closing and not refused_now:
@@ -368,10 +484,21 @@ class MqttSource:
                 # A message id belongs to one connection: after a reconnect the broker sends
                 # the message again, and an old id could confirm another message.
                 if generation == self._generation and client.socket() is not None:
-                    client.ack(mid, qos)
+                    # Written at once: acks come from the collector's task, never from inside
+                    # paho's callbacks, where writing could re-enter paho.
+                    self._acking = True
+                    try:
+                        client.ack(mid, qos)
+                    finally:
+                        self._acking = False
+                    self._write(client)
 
-        assert self._queue is not None
-        self._queue.put_nowait(Delivered(message.topic, bytes(message.payload), received_ms, ack))
+        self._inbox.append(Delivered(message.topic, bytes(message.payload), received_ms, ack))
+        waiter = self._inbox_waiter
+        if waiter is not None:
+            self._inbox_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _connect_failed(self, reason: str) -> None:
         self._connect_failures += 1
@@ -379,6 +506,8 @@ class MqttSource:
             log.warning("%s: %s; retrying with backoff", self.name, reason)
         self._refused = True
         self._connected = False
+        if self._link_lost_ms is None and not self._closing:
+            self._link_lost_ms = _now_ms()
 
     def _link_state(self, up: bool, reason: str) -> None:
         if up and not self._connected:
@@ -386,6 +515,10 @@ class MqttSource:
             self._refused = False
         elif not up and self._connected and not self._closing:
             log.warning("%s: connection lost (%s); reconnecting with backoff", self.name, reason)
+            if self._link_lost_ms is None:
+                self._link_lost_ms = _now_ms()
+        if up:
+            self._link_lost_ms = None
         self._connected = up
 
     # -- messages → readings -------------------------------------------------------------------
@@ -394,59 +527,64 @@ class MqttSource:
         return self._readings()
 
     async def _readings(self) -> AsyncIterator[Reading]:
-        if self._queue is None:
+        loop = self._loop
+        if loop is None:
             raise RuntimeError("use the source inside `async with MqttSource(...)`")
+        inbox = self._inbox
         while True:
-            delivered = await self._queue.get()
-            readings = self.handle(delivered)
-            if not readings:
-                if delivered.ack is not None:
-                    delivered.ack()  # nothing to keep: bad, unknown or availability only
+            if not inbox:
+                self._inbox_waiter = waiter = loop.create_future()
+                await waiter
                 continue
-            for reading in readings[:-1]:
+            delivered = inbox.popleft()
+            readings = self.handle(delivered)
+            if not readings and delivered.ack is not None:
+                delivered.ack()  # nothing to keep: bad, unknown or availability only
+            for reading in readings:
                 yield reading
-            # The message is confirmed with its last reading, once all are in the buffer.
-            last = readings[-1]
-            yield Reading(last.machine, last.time_ms, last.values, delivered.ack)
 
     def handle(self, delivered: Delivered) -> list[Reading]:
-        """The readings one message gives; every problem is counted against its topic."""
+        """The readings one message gives, the last carrying the message's `ack` (confirmed once
+        all are in the buffer); every problem is counted against its topic."""
         self.messages += 1
         topic = delivered.topic
-        empty: dict[str, str] = {}
-        matches = [(route, empty) for route in self._exact.get(topic, ())]
-        matches += [
-            (route, found)
-            for route in self._patterned
-            if (found := route.pattern.match(topic)) is not None
-        ]
-        if not matches:
+        targets = self._targets.get(topic)
+        if targets is None:
+            targets = self._route(topic)
+        if not targets:
             self._bad(topic, None, "unknown_topic", "no subscription maps this topic", delivered)
             return []
-        if len(delivered.payload) > self.settings.max_payload:
+        payload = delivered.payload
+        if len(payload) > self._max_payload:
             self._bad(
                 topic,
-                matches[0][0].machine,
+                targets[0].route.machine,
                 "oversize",
-                f"{len(delivered.payload)} bytes, over max_payload {self.settings.max_payload}",
+                f"{len(payload)} bytes, over max_payload {self._max_payload}",
                 delivered,
             )
             return []
-        readings: list[Reading] = []
-        for route, found in matches:
-            machine = route.machine or found.get("machine")
-            if machine not in self._machines:
+        received_ms = delivered.received_ms
+        points: list[tuple[str, int, dict[str, FieldValue]]] = []
+        for target in targets:
+            machine, board = target.machine, target.board
+            if machine is None or board is None:
                 self._bad(
-                    topic, None, "unknown_machine", f"{machine!r} is not a machine id", delivered
+                    topic,
+                    None,
+                    "unknown_machine",
+                    f"{target.named!r} is not a machine id",
+                    delivered,
                 )
                 continue
-            assert machine is not None
-            self._count(topic, machine, "messages")
+            health = target.health
+            if health is None:
+                health = target.health = self._count(topic, machine, "messages")
+            else:
+                health.counts["messages"] += 1
+            route = target.route
             try:
-                # The level the format reads; for Sparkplug boards under a {machine} placeholder,
-                # the machine, so each edge node keeps its own aliases.
-                key = found.get("key") or found.get("signal") or found.get("machine")
-                parsed = route.parser.parse(route.kind, key, delivered.payload, route.wanted)
+                values, online = route.read(target.key, payload)
             except PayloadError as exc:
                 if exc.kind == "unknown_alias":
                     # Normal after a start: counted, and answered with a rebirth request.
@@ -455,36 +593,82 @@ class MqttSource:
                 else:
                     self._bad(topic, machine, exc.kind, str(exc), delivered)
                 continue
-            board = route.subscription.topic
-            if parsed.online is not None:
-                self._availability(machine, board, parsed.online, topic)
-            if route.kind in AVAILABILITY_KINDS and not parsed.values:
+            if online is not None:
+                self._availability(machine, board[1], online, topic, received_ms)
+            if route.availability and not values:
                 continue
-            by_time: dict[int, dict[str, FieldValue]] = defaultdict(dict)
+            by_time: dict[int, dict[str, FieldValue]] = {}
             on_arrival: dict[str, FieldValue] = {}
-            for value in parsed.values:
-                for signal in route.by_selector.get(value.selector, ()):
+            fields = route.fields
+            # Values of one payload time share a point: its stamp is worked out once.
+            time_of_into, into, old = None, on_arrival, False
+            for selector, value, time_ms in values:
+                for name, to_field in fields.get(selector, ()):
                     try:
-                        stored = coerce(value.value, signal)
+                        stored = to_field(value)
                     except PayloadError as exc:
                         self._bad(topic, machine, exc.kind, str(exc), delivered)
                         continue
-                    stamp = plausible_time(value.time_ms, delivered.received_ms)
-                    if stamp != value.time_ms:
-                        on_arrival[signal.name] = stored
+                    if time_ms is None:
+                        on_arrival[name] = stored
                         continue
-                    if delivered.received_ms - stamp > STALE_TIME_MS:
+                    if time_ms != time_of_into:
+                        time_of_into = time_ms
+                        stamp = plausible_time(time_ms, received_ms)
+                        if stamp != time_ms:
+                            into, old = on_arrival, False
+                        else:
+                            into = by_time.setdefault(stamp, {})
+                            old = received_ms - stamp > STALE_TIME_MS
+                    if old:
                         self._count(topic, machine, "old_time")
-                    by_time[stamp][signal.name] = stored
+                    into[name] = stored
             if on_arrival:
-                stamp = self._arrival_stamp(machine, on_arrival, delivered.received_ms)
-                by_time[stamp].update(on_arrival)
-            if by_time and self._online.get((machine, board)) is False:
-                self._availability(machine, board, True, topic)  # its data: it is back
-            readings.extend(
-                Reading(machine, stamp, values) for stamp, values in sorted(by_time.items())
-            )
+                stamp = self._arrival_stamp(machine, on_arrival, received_ms)
+                at = by_time.get(stamp)
+                if at is None:
+                    by_time[stamp] = on_arrival
+                else:
+                    at.update(on_arrival)
+            if not by_time:
+                continue
+            if self._online.get(board) is False:
+                # Its data says it is back.
+                self._availability(machine, board[1], True, topic, received_ms)
+            for stamp, at in sorted(by_time.items()) if len(by_time) > 1 else by_time.items():
+                points.append((machine, stamp, at))
+        if not points:
+            return []
+        last_machine, last_stamp, last_values = points.pop()
+        readings = [Reading(machine, stamp, at) for machine, stamp, at in points]
+        readings.append(Reading(last_machine, last_stamp, last_values, delivered.ack))
         return readings
+
+    def _route(self, topic: str) -> list[_Target]:
+        """The routes a topic reaches and what its levels say, kept for its next messages."""
+        empty: dict[str, str] = {}
+        matches = [(route, empty) for route in self._exact.get(topic, ())]
+        matches += [
+            (route, found)
+            for route in self._patterned
+            if (found := route.pattern.match(topic)) is not None
+        ]
+        targets = []
+        for route, found in matches:
+            named = route.machine or found.get("machine")
+            machine = named if named in self._machines else None
+            board = None
+            if machine is not None:
+                board = (machine, route.board)
+                if route.machine is None:
+                    self._boards.add(board)  # a machine met under a placeholder
+            # The level the format reads; for Sparkplug boards under a {machine} placeholder,
+            # the machine, so each edge node keeps its own aliases.
+            key = found.get("key") or found.get("signal") or found.get("machine")
+            targets.append(_Target(route, named, machine, key, board))
+        if len(self._targets) < MAX_ROUTED_TOPICS:
+            self._targets[topic] = targets
+        return targets
 
     def _request_rebirth(self, topic: str, machine: str) -> None:
         # Data by alias whose birth we missed (we subscribed after it) is unreadable until the
@@ -522,9 +706,16 @@ class MqttSource:
             self._last_arrival[(machine, name)] = stamp
         return stamp
 
-    def _availability(self, machine: str, board: str, online: bool, topic: str) -> None:
+    def _availability(
+        self, machine: str, board: str, online: bool, topic: str, received_ms: int
+    ) -> None:
         before = self._online.get((machine, board))
         self._online[(machine, board)] = online
+        self._boards.add((machine, board))
+        if online:
+            self._offline_since.pop((machine, board), None)
+        elif before is not False:
+            self._offline_since[(machine, board)] = received_ms
         if online and before is False:
             log.info("%s: board back online (%s)", machine, topic)
         elif not online and before is not False:
@@ -565,7 +756,22 @@ class MqttSource:
     # -- health --------------------------------------------------------------------------------
 
     def unavailable(self) -> list[Unavailable]:
-        return []  # TODO(#4): boards offline and a lost broker link
+        """One entry per board that said it is offline, and while the broker link is down, one
+        per board at all (since the earlier of the two): each with the signals that board gives
+        its machine."""
+        since = dict(self._offline_since)
+        lost = self._link_lost_ms
+        if lost is not None:
+            for board in self._boards:
+                since[board] = min(since.get(board, lost), lost)
+        return [
+            Unavailable(machine, self._signals_of(machine, board), since_ms)
+            for (machine, board), since_ms in sorted(since.items())
+        ]
+
+    def _signals_of(self, machine: str, board: str) -> frozenset[str]:
+        names = self._board_signals.get((machine, board))
+        return names if names is not None else self._board_signals[(None, board)]
 
     def health_records(self) -> list[HealthRecord]:
         records = [
@@ -587,6 +793,10 @@ class MqttSource:
             fields: dict[str, FieldValue] = dict(health.counts)
             records.append(HealthRecord(health.machine, fields, {"topic": topic}))
         return records
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def mqtt_sources(config: Config) -> list[MqttSource]:

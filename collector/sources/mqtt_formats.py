@@ -1,6 +1,8 @@
 """Payload parsers of the MQTT formats (plain, json, tasmota, esphome, shelly, sparkplug).
 
-Any bytes go in; a `Parsed` or a `PayloadError` comes out, never another exception.
+Any bytes go in; a `Parsed` or a `PayloadError` comes out, never another exception. A parser
+compiles a `Reader` per topic kind and wanted selectors (paths parsed, kinds checked once): the
+MQTT source calls readers on every message; `parse` is a reader called once.
 """
 
 from __future__ import annotations
@@ -9,11 +11,11 @@ import json
 import math
 import re
 import zoneinfo
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 from collector.config import MqttSignal
 from collector.sources.sparkplug import (
@@ -29,6 +31,7 @@ __all__ = [
     "PayloadParser",
     "Value",
     "coerce",
+    "coercer",
     "make_parser",
     "plausible_time",
 ]
@@ -47,6 +50,9 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: earlier means a clock never set
 _FUTURE_SLACK_MS = 5 * 60 * 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = _EPOCH.toordinal()
+_MILLISECOND = timedelta(milliseconds=1)
+_BOM = b"\xef\xbb\xbf"
 
 _INTEGER = re.compile(r"[+-]?\d+")
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -84,10 +90,41 @@ class PayloadError(ValueError):
         self.kind = kind
 
 
+Found = tuple[str, Scalar, int | None]
+"""A value as readers give it: (selector, value, the payload's time in ms or None)."""
+
+Read = tuple[Sequence[Found], bool | None]
+"""What a reader finds in one message: its values, and whether the board is up (None: unsaid)."""
+
+Reader = Callable[[str | None, bytes], Read]
+"""A reader of one topic kind: called with the key the topic gives (see `topic_layout`) and the
+payload; raises `PayloadError`."""
+
+_NOTHING: Read = ((), None)
+_ONLINE: Read = ((), True)
+_OFFLINE: Read = ((), False)
+
+
 class PayloadParser(Protocol):
+    def reader(self, kind: str, wanted: Sequence[str]) -> Reader:
+        """A reader of the wanted values in the messages of a topic kind (see `topic_layout`).
+
+        A kind the format does not have gives a reader that raises PayloadError("unsupported").
+        """
+        ...
+
     def parse(self, kind: str, key: str | None, payload: bytes, wanted: Sequence[str]) -> Parsed:
         """The wanted values in one message of a topic kind (see `topic_layout`)."""
         ...
+
+
+class _Parser:
+    def reader(self, kind: str, wanted: Sequence[str]) -> Reader:
+        raise NotImplementedError
+
+    def parse(self, kind: str, key: str | None, payload: bytes, wanted: Sequence[str]) -> Parsed:
+        values, online = self.reader(kind, wanted)(key, payload)
+        return Parsed(tuple(Value(*found) for found in values), online)
 
 
 def make_parser(payload_format: str, *, zone: zoneinfo.ZoneInfo) -> PayloadParser:
@@ -153,6 +190,43 @@ def coerce(value: Scalar, signal: MqttSignal) -> Scalar:
     return number
 
 
+Coercer = Callable[[Scalar], Scalar]
+
+
+def coercer(signal: MqttSignal) -> Coercer:
+    """`coerce` bound to one signal, with its usual case (a JSON number for a float signal, the
+    exact type otherwise) decided without the general checks: the same results and errors."""
+    kind = signal.field_kind
+    if kind == "float":
+        scale, offset, isfinite = signal.scale, signal.offset, math.isfinite
+
+        def to_float(value: Scalar) -> Scalar:
+            if type(value) is float or type(value) is int:
+                try:
+                    result = float(value) * scale + offset
+                except OverflowError:
+                    return coerce(value, signal)
+                if isfinite(result):
+                    return result
+            return coerce(value, signal)
+
+        return to_float
+    if kind == "int":
+
+        def to_int(value: Scalar) -> Scalar:
+            if type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
+                return value
+            return coerce(value, signal)
+
+        return to_int
+    exact = bool if kind == "bool" else str
+
+    def to_exact(value: Scalar) -> Scalar:
+        return value if type(value) is exact else coerce(value, signal)
+
+    return to_exact
+
+
 def _as_number(value: Scalar, signal: MqttSignal) -> int | float:
     if isinstance(value, bool):
         raise _wrong(signal, value, f"is a boolean, not a number (type {signal.type})")
@@ -197,30 +271,28 @@ def _sample(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
-def _availability(payload: bytes, online: str, offline: str) -> Parsed:
-    text = _text(payload).strip()
-    if not text:
-        return Parsed()  # a retained message being cleared
-    word = text.lower()
-    if word == online.lower():
-        return Parsed(online=True)
-    if word == offline.lower():
-        return Parsed(online=False)
-    raise PayloadError("malformed", f"{_sample(text)} is neither {online} nor {offline}")
+def _availability(online: str, offline: str) -> Reader:
+    online_word, offline_word = online.lower(), offline.lower()
+
+    def read(key: str | None, payload: bytes) -> Read:
+        text = _text(payload).strip()
+        if not text:
+            return _NOTHING  # a retained message being cleared
+        word = text.lower()
+        if word == online_word:
+            return _ONLINE
+        if word == offline_word:
+            return _OFFLINE
+        raise PayloadError("malformed", f"{_sample(text)} is neither {online} nor {offline}")
+
+    return read
 
 
-def _check_kind(kind: str, kinds: frozenset[str], payload_format: str) -> None:
-    if kind not in kinds:
+def _unsupported(kind: str, payload_format: str) -> Reader:
+    def read(key: str | None, payload: bytes) -> Read:
         raise PayloadError("unsupported", f"format {payload_format} has no topic kind {kind!r}")
 
-
-def _scalar(node: object) -> Scalar | None:
-    """A JSON node as a value; null, objects, arrays and non-finite numbers are no value."""
-    if isinstance(node, bool | int | str):
-        return node
-    if isinstance(node, float) and math.isfinite(node):
-        return node
-    return None
+    return read
 
 
 # ---- plain -------------------------------------------------------------------------------
@@ -240,15 +312,22 @@ def _plain_value(text: str) -> Scalar | None:
     return number
 
 
-class _PlainParser:
-    def parse(self, kind: str, key: str | None, payload: bytes, wanted: Sequence[str]) -> Parsed:
-        _check_kind(kind, frozenset({"value"}), "plain")
-        selector = key if key is not None else (wanted[0] if wanted else None)
-        if selector is None or selector not in wanted:
-            return Parsed()
-        text = _text(payload).strip()
-        value = _plain_value(text) if text else None
-        return Parsed() if value is None else Parsed((Value(selector, value),))
+class _PlainParser(_Parser):
+    def reader(self, kind: str, wanted: Sequence[str]) -> Reader:
+        if kind != "value":
+            return _unsupported(kind, "plain")
+        wanted_set = frozenset(wanted)
+        first = wanted[0] if wanted else None
+
+        def read(key: str | None, payload: bytes) -> Read:
+            selector = key if key is not None else first
+            if selector is None or selector not in wanted_set:
+                return _NOTHING
+            text = _text(payload).strip()
+            value = _plain_value(text) if text else None
+            return _NOTHING if value is None else (((selector, value, None),), None)
+
+        return read
 
 
 # ---- json and the formats built on it ------------------------------------------------------
@@ -309,22 +388,6 @@ def _parse_path(selector: str) -> tuple[str | int, ...]:
 _MISSING = object()
 
 
-def _lookup(document: object, steps: tuple[str | int, ...]) -> object:
-    node = document
-    for step in steps:
-        if isinstance(step, int):
-            if not isinstance(node, list) or step >= len(node):
-                return _MISSING
-            node = node[step]
-        else:
-            if not isinstance(node, dict):
-                return _MISSING
-            node = node.get(step, _MISSING)
-            if node is _MISSING:
-                return _MISSING
-    return node
-
-
 def _too_deep(text: str) -> bool:
     if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
         return False  # cannot nest deeper than it has brackets: the usual, cheap answer
@@ -340,62 +403,109 @@ def _too_deep(text: str) -> bool:
     return False
 
 
+_DECODER = json.JSONDecoder()
+
+
 def _load_json(payload: bytes) -> object:
+    if payload[:3] == _BOM:
+        payload = payload[3:]  # a BOM is harmless; drop it (as the utf-8-sig codec does)
     try:
-        text = payload.decode("utf-8-sig")  # a BOM is harmless; drop it
+        text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PayloadError("invalid_utf8", f"not UTF-8 at byte {exc.start}") from None
     if _too_deep(text):
         raise PayloadError("malformed", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(text)
+        # json.loads without its argument checks; it alone words a second BOM's refusal.
+        return json.loads(text) if text[:1] == "\ufeff" else _DECODER.decode(text)
     except RecursionError:
         raise PayloadError("malformed", "JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and integers past Python's digit limit
         raise PayloadError("malformed", f"not JSON: {exc}") from None
 
 
+_Paths = tuple[tuple[str, tuple[str | int, ...]], ...]  # (selector, its steps into a document)
+
+
+def _paths(selectors: Sequence[str]) -> _Paths:
+    return tuple((selector, _path(selector)) for selector in selectors)
+
+
 def _values_at(
-    document: object, wanted: Sequence[str], time_ms: int | None = None, on_off: bool = False
-) -> tuple[Value, ...]:
-    found = []
-    for selector in wanted:
-        value = _scalar(_lookup(document, _path(selector)))
-        if value is None:
-            continue
-        if on_off and isinstance(value, str) and value in ("ON", "OFF"):
-            value = value == "ON"
-        found.append(Value(selector, value, time_ms))
-    return tuple(found)
+    document: object, paths: _Paths, time_ms: int | None = None, on_off: bool = False
+) -> list[Found]:
+    """The scalars at the paths of a document from `_load_json`; null, objects, arrays and
+    non-finite numbers are no value. Exact types are compared: json makes no subclasses."""
+    found: list[Found] = []
+    append = found.append
+    isfinite = math.isfinite
+    for selector, steps in paths:
+        node: Any = document
+        for step in steps:
+            if step.__class__ is int:
+                if node.__class__ is not list or step >= len(node):
+                    break
+                node = node[step]
+            else:
+                if node.__class__ is not dict:
+                    break
+                node = node.get(step, _MISSING)
+                if node is _MISSING:
+                    break
+        else:
+            kind = node.__class__
+            if kind is float:
+                if isfinite(node):
+                    append((selector, node, time_ms))
+            elif kind is int or kind is bool:
+                append((selector, node, time_ms))
+            elif kind is str:
+                if on_off and node in ("ON", "OFF"):
+                    append((selector, node == "ON", time_ms))
+                else:
+                    append((selector, node, time_ms))
+    return found
 
 
-class _JsonParser:
-    def parse(self, kind: str, key: str | None, payload: bytes, wanted: Sequence[str]) -> Parsed:
-        _check_kind(kind, frozenset({"value"}), "json")
-        if not payload.strip():
-            return Parsed()
-        return Parsed(_values_at(_load_json(payload), wanted))
+class _JsonParser(_Parser):
+    def reader(self, kind: str, wanted: Sequence[str]) -> Reader:
+        if kind != "value":
+            return _unsupported(kind, "json")
+        paths = _paths(wanted)
+
+        def read(key: str | None, payload: bytes) -> Read:
+            if not payload.strip():
+                return _NOTHING
+            return _values_at(_load_json(payload), paths), None
+
+        return read
 
 
-class _TasmotaParser:
+class _TasmotaParser(_Parser):
     _KINDS = frozenset({"sensor", "state", "availability"})
 
     def __init__(self, zone: zoneinfo.ZoneInfo) -> None:
         self._zone = zone
 
-    def parse(self, kind: str, key: str | None, payload: bytes, wanted: Sequence[str]) -> Parsed:
-        _check_kind(kind, self._KINDS, "tasmota")
+    def reader(self, kind: str, wanted: Sequence[str]) -> Reader:
+        if kind not in self._KINDS:
+            return _unsupported(kind, "tasmota")
         if kind == "availability":
-            return _availability(payload, "Online", "Offline")
-        if not payload.strip():
-            return Parsed()
-        document = _load_json(payload)
-        time_ms = None
-        if isinstance(document, dict):
-            stamp = document.get("Time")
-            if isinstance(stamp, str):
-                time_ms = _device_time_ms(stamp, self._zone)
-        return Parsed(_values_at(document, wanted, time_ms, on_off=True))
+            return _availability("Online", "Offline")
+        paths, zone = _paths(wanted), self._zone
+
+        def read(key: str | None, payload: bytes) -> Read:
+            if not payload.strip():
+                return _NOTHING
+            document = _load_json(payload)
+            time_ms = None
+            if isinstance(document, dict):
+                stamp = document.get("Time")
+                if isinstance(stamp, str):
+                    time_ms = _device_time_ms(stamp, zone)
+            return _values_at(document, paths, time_ms, on_off=True), None
+
+        return read
 
 
 def _device_time_ms(stamp: str, zone: zoneinfo.ZoneInfo) -> int | None:
@@ -404,62 +514,98 @@ def _device_time_ms(stamp: str, zone: zoneinfo.ZoneInfo) -> int | None:
         return None
     try:
         moment = datetime.fromisoformat(stamp)
+        offset = zone.utcoffset(moment) if moment.tzinfo is None else None
+        if offset is not None and 1 < moment.year < 9999:
+            # As (moment.replace(tzinfo=zone) - _EPOCH) // _MILLISECOND, in integers: a
+            # datetime built per message costs more than the rest of the arithmetic.
+            seconds = (
+                (moment.toordinal() - _EPOCH_DAY) * 86400
+                + moment.hour * 3600
+                + moment.minute * 60
+                + moment.second
+                - offset.days * 86400
+                - offset.seconds
+            )
+            return (seconds * 1_000_000 + moment.microsecond - offset.microseconds) // 1000
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=zone)
-        return (moment - _EPOCH) // timedelta(milliseconds=1)
+            moment = moment.replace(tzinfo=zone)  # years 1 and 9999 may overflow: no time
+        return (moment - _EPOCH) // _MILLISECOND
     except (ValueError, OverflowError):
         return None
 
 
-class _EsphomeParser:
+class _EsphomeParser(_Parser):
     _KINDS = frozenset({"sensor", "binary_sensor", "availability"})
 
-    def parse(self, kind: str, key: str | None, payload: bytes, wanted: Sequence[str]) -> Parsed:
-        _check_kind(kind, self._KINDS, "esphome")
+    def reader(self, kind: str, wanted: Sequence[str]) -> Reader:
+        if kind not in self._KINDS:
+            return _unsupported(kind, "esphome")
         if kind == "availability":
-            return _availability(payload, "online", "offline")
-        if key is None or key not in wanted:
-            return Parsed()
-        text = _text(payload).strip()
-        if not text:
-            return Parsed()
-        if kind == "binary_sensor":
-            if text.upper() not in ("ON", "OFF"):
-                raise PayloadError(
-                    "wrong_type", f"binary sensor {key}: {_sample(text)}, not ON/OFF"
-                )
-            return Parsed((Value(key, text.upper() == "ON"),))
-        # ESPHome publishes "nan" while a sensor has no reading: that is no value, not an error.
-        if text.lower() in _NO_READING:
-            return Parsed()
-        number = _number(text)
-        if number is None:
-            raise PayloadError("wrong_type", f"sensor {key}: {_sample(text)} is not a number")
-        if isinstance(number, float) and not math.isfinite(number):
-            return Parsed()
-        return Parsed((Value(key, number),))
+            return _availability("online", "offline")
+        wanted_set = frozenset(wanted)
+        binary = kind == "binary_sensor"
+
+        def read(key: str | None, payload: bytes) -> Read:
+            if key is None or key not in wanted_set:
+                return _NOTHING
+            text = _text(payload).strip()
+            if not text:
+                return _NOTHING
+            if binary:
+                if text.upper() not in ("ON", "OFF"):
+                    raise PayloadError(
+                        "wrong_type", f"binary sensor {key}: {_sample(text)}, not ON/OFF"
+                    )
+                return ((key, text.upper() == "ON", None),), None
+            # ESPHome publishes "nan" while a sensor has no reading: no value, not an error.
+            if text.lower() in _NO_READING:
+                return _NOTHING
+            number = _number(text)
+            if number is None:
+                raise PayloadError("wrong_type", f"sensor {key}: {_sample(text)} is not a number")
+            if isinstance(number, float) and not math.isfinite(number):
+                return _NOTHING
+            return ((key, number, None),), None
+
+        return read
 
 
-class _ShellyParser:
+_SHELLY_KEYS = 256  # components whose wanted paths a reader keeps worked out
+
+
+class _ShellyParser(_Parser):
     _KINDS = frozenset({"status", "availability"})
 
-    def parse(self, kind: str, key: str | None, payload: bytes, wanted: Sequence[str]) -> Parsed:
-        _check_kind(kind, self._KINDS, "shelly")
+    def reader(self, kind: str, wanted: Sequence[str]) -> Reader:
+        if kind not in self._KINDS:
+            return _unsupported(kind, "shelly")
         if kind == "availability":
-            return _availability(payload, "true", "false")
-        if key is None:
-            return Parsed()
-        prefix = key + "."
-        mine = [s for s in wanted if s.startswith(prefix) and len(s) > len(prefix)]
-        if not mine or not payload.strip():
-            return Parsed()
-        document = _load_json(payload)
-        found = []
-        for selector in mine:
-            value = _scalar(_lookup(document, _path(selector[len(prefix) :])))
-            if value is not None:
-                found.append(Value(selector, value))
-        return Parsed(tuple(found))
+            return _availability("true", "false")
+        by_key: dict[str, _Paths] = {}
+
+        def mine(key: str) -> _Paths:
+            # The wanted paths into this component's status, under their whole selectors.
+            found = by_key.get(key)
+            if found is None:
+                prefix = key + "."
+                found = tuple(
+                    (s, _path(s[len(prefix) :]))
+                    for s in wanted
+                    if s.startswith(prefix) and len(s) > len(prefix)
+                )
+                if len(by_key) < _SHELLY_KEYS:
+                    by_key[key] = found
+            return found
+
+        def read(key: str | None, payload: bytes) -> Read:
+            if key is None:
+                return _NOTHING
+            paths = mine(key)
+            if not paths or not payload.strip():
+                return _NOTHING
+            return _values_at(_load_json(payload), paths), None
+
+        return read
 
 
 # ---- sparkplug -----------------------------------------------------------------------------
@@ -477,15 +623,24 @@ class _Birth:
 _SPARKPLUG_KINDS = frozenset({"NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH"})
 
 
-class _SparkplugParser:
+class _SparkplugParser(_Parser):
     """Keeps the births seen per `key` (the edge node or device the caller routes by; None when
     the subscription names exactly one), so data messages that carry only aliases can be read."""
 
     def __init__(self) -> None:
         self._births: dict[tuple[str | None, str], _Birth] = {}
 
-    def parse(self, kind: str, key: str | None, payload: bytes, wanted: Sequence[str]) -> Parsed:
-        _check_kind(kind, _SPARKPLUG_KINDS, "sparkplug")
+    def reader(self, kind: str, wanted: Sequence[str]) -> Reader:
+        if kind not in _SPARKPLUG_KINDS:
+            return _unsupported(kind, "sparkplug")
+        wanted_set = frozenset(wanted)
+
+        def read(key: str | None, payload: bytes) -> Read:
+            return self._read(kind, key, payload, wanted_set)
+
+        return read
+
+    def _read(self, kind: str, key: str | None, payload: bytes, wanted: frozenset[str]) -> Read:
         try:
             decoded = decode_payload(payload)
         except SparkplugDecodeError as exc:
@@ -496,13 +651,13 @@ class _SparkplugParser:
             birth = self._births.get((key, "node"))
             bd_seq = _bd_seq(decoded.metrics)
             if birth is not None and None not in (birth.bd_seq, bd_seq) and birth.bd_seq != bd_seq:
-                return Parsed()  # the will of an earlier session, arriving after a new birth
+                return _NOTHING  # the will of an earlier session, arriving after a new birth
             self._births.pop((key, "node"), None)
             self._births.pop((key, "device"), None)  # a node's death ends its devices
-            return Parsed(online=False)
+            return _OFFLINE
         if kind == "DDEATH":
             self._births.pop(scope, None)
-            return Parsed(online=False)
+            return _OFFLINE
         if kind.endswith("BIRTH"):
             birth = _Birth({}, {}, _bd_seq(decoded.metrics) if level == "node" else None)
             self._births[scope] = birth
@@ -511,8 +666,7 @@ class _SparkplugParser:
         else:
             found_birth = self._births.get(scope)
             birth = found_birth if found_birth is not None else _Birth({}, {})
-        wanted_set = frozenset(wanted)
-        values = []
+        values: list[Found] = []
         for metric in decoded.metrics:
             name = metric.name
             if name is None:
@@ -530,16 +684,15 @@ class _SparkplugParser:
                     birth.names[metric.alias] = name
                 if metric.datatype is not None:
                     birth.datatypes[name] = metric.datatype
-            if name not in wanted_set or metric.is_null:
+            if name not in wanted or metric.is_null:
                 continue
             datatype = metric.datatype if metric.datatype is not None else birth.datatypes.get(name)
             value = _metric_value(datatype, metric)
             if value is None:
                 continue
             time_ms = metric.timestamp if metric.timestamp is not None else decoded.timestamp
-            values.append(Value(name, value, time_ms))
-        online = True if kind.endswith("BIRTH") else None
-        return Parsed(tuple(values), online)
+            values.append((name, value, time_ms))
+        return values, (True if kind.endswith("BIRTH") else None)
 
 
 def _bd_seq(metrics: tuple[SparkplugMetric, ...]) -> int | None:

@@ -62,6 +62,7 @@ def test_all_matches_the_public_names() -> None:
             "PayloadParser",
             "Value",
             "coerce",
+            "coercer",
             "make_parser",
             "plausible_time",
         }

@@ -6,9 +6,11 @@ each one the same parser must still read a good message, as the subscription wou
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import zoneinfo
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from collector.sources.mqtt_formats import (
     PayloadError,
     PayloadParser,
     coerce,
+    coercer,
     make_parser,
     plausible_time,
 )
@@ -526,3 +529,63 @@ def test_plausible_time_is_the_payload_time_or_arrival(time_ms: int | None, rece
     stamp = plausible_time(time_ms, received)
     assert stamp in (time_ms, received)
     assert stamp == received or 946_684_800_000 <= stamp <= received + 300_000
+
+
+def _outcome(call: Callable[[], object]) -> tuple[str, object]:
+    try:
+        value = call()
+    except PayloadError as exc:
+        return ("error", (exc.kind, str(exc)))
+    return (type(value).__name__, repr(value))  # repr: -0.0 and 0.0 differ, NaN equals itself
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True, database=None)
+@given(
+    value=st.one_of(
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.sampled_from([2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 10**400, -(10**400)]),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(["1", " 2.5 ", "-0", "1e999", "9" * 500, "ON", "off", "x", *NASTY_NUMBERS]),
+        st.text(max_size=8),
+    ),
+    signal=st.sampled_from(
+        [
+            *SIGNALS,
+            MqttSignal(name="k", scale=1e308),
+            MqttSignal(name="t", scale=-1.0, offset=0.0),
+            MqttSignal(name="c", type="float", offset=-273.15),
+        ]
+    ),
+)
+def test_a_signals_coercer_stores_what_coerce_stores(
+    value: bool | int | float | str, signal: MqttSignal
+) -> None:
+    assert _outcome(lambda: coercer(signal)(value)) == _outcome(lambda: coerce(value, signal))
+
+
+ZONES = ["UTC", "America/Argentina/Buenos_Aires", "America/Sao_Paulo", "America/Montevideo"]
+ZONES += ["Europe/Dublin", "Asia/Kathmandu", "Australia/Lord_Howe", "America/New_York"]
+
+
+@settings(max_examples=3000, deadline=None, derandomize=True, database=None)
+@given(
+    moment=st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30)),
+    zone=st.sampled_from(ZONES),
+    timespec=st.sampled_from(["seconds", "milliseconds", "microseconds"]),
+)
+def test_tasmota_local_time_is_the_zones_utc_millisecond(
+    moment: dt.datetime, zone: str, timespec: str
+) -> None:
+    stamp = moment.isoformat(timespec=timespec)
+    local = dt.datetime.fromisoformat(stamp).replace(tzinfo=zoneinfo.ZoneInfo(zone))
+    try:
+        expected: int | None = (local - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(
+            milliseconds=1
+        )
+    except OverflowError:
+        expected = None
+    payload = json.dumps({"Time": stamp, "COUNTER": {"C1": 1}}).encode()
+    parser = make_parser("tasmota", zone=zoneinfo.ZoneInfo(zone))
+    (value,) = parser.parse("sensor", None, payload, ["COUNTER.C1"]).values
+    assert value.time_ms == expected
