@@ -221,17 +221,30 @@ class KpiMeasurement:
 
 
 def write_year(url: str, database: str, config: Config, days: int, m: KpiMeasurement) -> None:
+    """Write the year as the collector does: minutes to the default retention policy, the sums
+    to the rollup policy of long shards that the collector creates with the database."""
+    from collector.sinks.influxdb import ROLLUP_SHARD_DURATION
+
+    rollups = config.influxdb.rollup_retention_policy
     started = time.monotonic()
-    batch: list[str] = []
+    batches: dict[str | None, list[str]] = {None: [], rollups: []}
     with httpx.Client(base_url=url, timeout=120) as client:
         client.post("/query", params={"q": f'CREATE DATABASE "{database}"'})
+        if rollups is not None:
+            client.post(
+                "/query",
+                params={
+                    "q": f'CREATE RETENTION POLICY "{rollups}" ON "{database}" DURATION INF '
+                    f"REPLICATION 1 SHARD DURATION {ROLLUP_SHARD_DURATION}"
+                },
+            )
 
-        def send() -> None:
+        def send(policy: str | None) -> None:
+            batch = batches[policy]
             body = "\n".join(batch).encode()
+            params = {"db": database, "precision": "ms"} | ({"rp": policy} if policy else {})
             for attempt in range(30):
-                response = client.post(
-                    "/write", params={"db": database, "precision": "ms"}, content=body
-                )
+                response = client.post("/write", params=params, content=body)
                 if response.status_code == 204:
                     break
                 time.sleep(min(0.2 * 2**attempt, 5))  # cache full while compacting: wait
@@ -240,17 +253,19 @@ def write_year(url: str, database: str, config: Config, days: int, m: KpiMeasure
             batch.clear()
 
         for line, kind in lines(config, days):
-            batch.append(line)
+            policy = None if kind == "minute" else rollups
+            batches[policy].append(line)
             if kind == "minute":
                 m.minutes_written += 1
             elif kind == "hour":
                 m.hours_written += 1
             else:
                 m.days_written += 1
-            if len(batch) >= BATCH_LINES:
-                send()
-        if batch:
-            send()
+            if len(batches[policy]) >= BATCH_LINES:
+                send(policy)
+        for policy, batch in batches.items():
+            if batch:
+                send(policy)
     m.write_s = time.monotonic() - started
 
 

@@ -135,6 +135,12 @@ class InfluxDBConfig(_Model):
     url: str = Field("http://127.0.0.1:8086", description="Base URL of the InfluxDB HTTP API.")
     database: Name = "aguante"
     retention_policy: str | None = None
+    rollup_retention_policy: str | None = Field(
+        "aguante_rollups",
+        description="Where the hourly and daily sums go: a retention policy of long shards (52 "
+        "weeks, created with the database) so a year of KPIs reads one shard, not 52. null: "
+        "with everything else (InfluxDB 2.x/3.x, where policies are buckets or absent).",
+    )
     username: str | None = Field(None, description="Also AGUANTE_INFLUXDB_USERNAME.")
     password: str | None = Field(
         None, description="Only from AGUANTE_INFLUXDB_PASSWORD, never from the file."

@@ -157,6 +157,8 @@ def utilization_statement(
     )
     source = quote_ident(measurement)
     policy = config.influxdb.retention_policy
+    if measurement != UTILIZATION and config.influxdb.rollup_retention_policy is not None:
+        policy = config.influxdb.rollup_retention_policy  # where the collector puts the sums
     if policy:
         source = f"{quote_ident(policy)}.{source}"
     group = quote_ident(TAG_MACHINE)
@@ -250,7 +252,15 @@ def kpis(
         utilization_statement(config, ids, part, by_shift=by == "shift", measurement=measurement)
         for _, measurement, part in parts
     ]
-    answers = _answers(db, statements)
+    try:
+        answers = _answers(db, statements)
+    except QueryError as exc:
+        if not hourly or "retention policy not found" not in str(exc):
+            raise
+        # No sums written yet (a new plant: the collector creates their policy as it starts).
+        return kpis(
+            db, config, start, end, machines=machines, sector=sector, by=by, now=now, hourly=False
+        )
 
     counted = {m.id: m.counters.produced is not None for m in chosen}
     sector_of = {m.id: m.sector for m in chosen}

@@ -225,7 +225,7 @@ class InfluxDB(_Service):
         for series in result.get("series", []):
             for values in series["values"]:
                 row = dict(zip(series["columns"], values, strict=True))
-                row["_name"] = series["name"]
+                row["_name"] = series.get("name", "")
                 row.update(series.get("tags", {}))
                 rows.append(row)
         return rows

@@ -255,7 +255,7 @@ def sums_agree(influxdb: InfluxDBDatabase) -> None:
         f"SELECT {sums} FROM utilization WHERE time > 0 GROUP BY time(1h), machine fill(none)"
     )
     hours = influxdb.query(
-        f"SELECT {sums} FROM utilization_1h GROUP BY time(1h), machine fill(none)"
+        f"SELECT {sums} FROM aguante_rollups.utilization_1h GROUP BY time(1h), machine fill(none)"
     )
     assert minutes and len(hours) == len(minutes)
     for minute, hour in zip(minutes, hours, strict=True):
@@ -263,16 +263,16 @@ def sums_agree(influxdb: InfluxDBDatabase) -> None:
         for name in fields:
             assert hour[name] == pytest.approx(minute[name]), (hour["machine"], name)
     days = influxdb.query(
-        f"SELECT {sums} FROM utilization_1d GROUP BY time(1d), machine fill(none)"
+        f"SELECT {sums} FROM aguante_rollups.utilization_1d GROUP BY time(1d), machine fill(none)"
     )
     # The oven on both days, the press on the first: keyed by the plant's local midnight.
     assert len({(d["machine"], d["time"]) for d in days}) == len(days) == 3
-    stored = influxdb.query("SELECT * FROM utilization_1d GROUP BY machine, shift")
+    stored = influxdb.query("SELECT * FROM aguante_rollups.utilization_1d GROUP BY machine, shift")
     for machine, begin in sorted({(d["machine"], d["time"]) for d in stored}):
         local = dt.datetime.fromtimestamp(begin / 1000, ZONE)
         assert (local.hour, local.minute) == (0, 0)
         where = f"machine = '{machine}' AND time >= {begin}ms AND time < {begin + 86_400_000}ms"
-        (day,) = influxdb.query(f"SELECT {sums} FROM utilization_1d WHERE {where}")
+        (day,) = influxdb.query(f"SELECT {sums} FROM aguante_rollups.utilization_1d WHERE {where}")
         (within,) = influxdb.query(f"SELECT {sums} FROM utilization WHERE {where}")
         for name in fields:
             assert (day[name] or 0) == pytest.approx(within[name] or 0), (machine, name)
@@ -285,7 +285,7 @@ def test_an_import_rebuilds_the_hourly_sums_it_touched_and_rollup_does_it_by_han
     config = write_config(tmp_path, influxdb.url, influxdb.database)
     assert main(["import", str(config), str(write_csv(tmp_path, PAPER))]) == 0
     sums_agree(influxdb)
-    types = influxdb.query("SHOW FIELD KEYS FROM utilization_1h")
+    types = influxdb.query("SHOW FIELD KEYS FROM aguante_rollups.utilization_1h")
     kinds = {row["fieldKey"]: row["fieldType"] for row in types}
     assert kinds["produced"] == "integer" and kinds["planned_s"] == "float"
 

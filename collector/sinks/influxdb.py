@@ -7,7 +7,7 @@ import gzip
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -15,14 +15,32 @@ import httpx
 
 from collector.config import InfluxDBConfig
 from collector.lineprotocol import InvalidPointError, encode_point
-from collector.schema import Point
+from collector.schema import UTILIZATION_DAILY, UTILIZATION_HOURLY, Point
 from collector.sinks import AuthWriteError, RejectedWriteError, RetryableWriteError, WriteError
 
-__all__ = ["InfluxDBSink"]
+__all__ = ["ROLLUP_SHARD_DURATION", "InfluxDBSink", "rollup_policies"]
 
 log = logging.getLogger(__name__)
 
 _DROPPED = re.compile(r"dropped=(\d+)")
+# The hourly and daily sums change slowly and are read a year at a time: one shard a year.
+ROLLUP_SHARD_DURATION = "52w"
+
+
+def rollup_policies(influx: InfluxDBConfig) -> dict[str, str]:
+    """Measurement → retention policy, for the sums that live apart from the readings."""
+    policy = influx.rollup_retention_policy
+    if policy is None:
+        return {}
+    return {UTILIZATION_HOURLY: policy, UTILIZATION_DAILY: policy}
+
+
+class _NotFound(AuthWriteError):
+    """404: the database, or the retention policy written to, is not there."""
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class InfluxDBSink:
@@ -46,6 +64,7 @@ class InfluxDBSink:
             timeout=influx.timeout,
             create_database=influx.create_database,
             retention_policy=influx.retention_policy,
+            retention_policies=rollup_policies(influx),
         )
 
     def __init__(
@@ -60,8 +79,12 @@ class InfluxDBSink:
         timeout: float = 5.0,
         create_database: bool = False,
         retention_policy: str | None = None,
+        retention_policies: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`retention_policies` sends some measurements to policies of their own (the hourly and
+        daily sums to one of long shards); created with the database, and when the server has
+        no such policy (2.x, 3.x) their points go to `retention_policy` instead, said once."""
         try:
             parsed = httpx.URL(url)
         except httpx.InvalidURL as exc:
@@ -91,6 +114,7 @@ class InfluxDBSink:
         self.url = str(parsed).rstrip("/")
         self.database = database
         self.retention_policy = retention_policy
+        self.retention_policies = dict(retention_policies or {})
         self.gzip = gzip
         self.timeout = timeout
         self.create_database = create_database
@@ -137,16 +161,24 @@ class InfluxDBSink:
         """Write the batch. Raises `RejectedWriteError` after writing every point but the refused
         ones, `RetryableWriteError` or `AuthWriteError` when the batch must be sent again."""
         lines: list[str] = []
+        encoded: list[Point] = []
         refused: list[tuple[str, str]] = []
         for point in points:
             try:
                 lines.append(encode_point(point))
             except InvalidPointError as exc:
                 refused.append((repr(point), exc.reason))
+            else:
+                encoded.append(point)
         if not self._database_ready:
             await self._create_database()
         if lines:
-            refused += await self._write_isolating(lines)
+            by_policy: dict[str | None, list[str]] = {}
+            for point, line in zip(encoded, lines, strict=True):
+                policy = self.retention_policies.get(point.measurement, self.retention_policy)
+                by_policy.setdefault(policy, []).append(line)
+            for policy, group in by_policy.items():
+                refused += await self._write_policy(group, policy)
         if refused:
             raise RejectedWriteError(
                 f"InfluxDB at {self.url}: refused {len(refused)} of {len(points)} points, "
@@ -155,21 +187,41 @@ class InfluxDBSink:
                 reasons=[reason for _, reason in refused],
             )
 
-    async def _write_isolating(self, lines: list[str]) -> list[tuple[str, str]]:
+    async def _write_policy(self, lines: list[str], policy: str | None) -> list[tuple[str, str]]:
+        if policy == self.retention_policy:
+            return await self._write_isolating(lines, policy)
+        try:
+            return await self._write_isolating(lines, policy)
+        except _NotFound:
+            pass
+        # No such policy here (2.x maps policies to buckets, 3.x has none): write with the rest.
+        log.warning(
+            "InfluxDB at %s: no retention policy %r in %r; writing its measurements to the "
+            "default one; set influxdb.rollup_retention_policy: null to say so",
+            self.url,
+            policy,
+            self.database,
+        )
+        self.retention_policies = {m: p for m, p in self.retention_policies.items() if p != policy}
+        return await self._write_isolating(lines, self.retention_policy)
+
+    async def _write_isolating(
+        self, lines: list[str], policy: str | None = None
+    ) -> list[tuple[str, str]]:
         """Write lines; on a refusal bisect, since the server stores the good lines of a batch
         it partly refuses and rewriting a stored point just overwrites it with itself."""
-        refused, reason = await self._post_lines(lines)
+        refused, reason = await self._post_lines(lines, policy)
         if not refused:
             return []
         dropped = _DROPPED.search(reason)
         if len(lines) == 1 or (dropped is not None and int(dropped.group(1)) == len(lines)):
             return [(line, reason) for line in lines]
         middle = len(lines) // 2
-        return await self._write_isolating(lines[:middle]) + await self._write_isolating(
-            lines[middle:]
+        return await self._write_isolating(lines[:middle], policy) + await self._write_isolating(
+            lines[middle:], policy
         )
 
-    async def _post_lines(self, lines: list[str]) -> tuple[bool, str]:
+    async def _post_lines(self, lines: list[str], policy: str | None) -> tuple[bool, str]:
         """(refused, reason): refused when the server would not take some of these lines."""
         body = "".join(line + "\n" for line in lines).encode()
         headers = {"Content-Type": "text/plain; charset=utf-8"}
@@ -177,8 +229,8 @@ class InfluxDBSink:
             body = gzip.compress(body, compresslevel=6, mtime=0)
             headers["Content-Encoding"] = "gzip"
         params = {"db": self.database, "precision": "ms"}
-        if self.retention_policy is not None:
-            params["rp"] = self.retention_policy
+        if policy is not None:
+            params["rp"] = policy
         response = await self._request(
             "POST", "write", params=params, content=body, headers=headers
         )
@@ -189,7 +241,9 @@ class InfluxDBSink:
         # 413: batch too large for the server, so halves may pass.
         if response.status_code in (400, 413, 422):
             return True, reason
-        if response.status_code == 404 and self.create_database:
+        if "retention policy not found" in reason:  # 1.x answers 500, which is no outage
+            raise _NotFound(f"InfluxDB at {self.url}: {reason}")
+        if response.status_code == 404 and self.create_database and policy == self.retention_policy:
             self._database_ready = False  # dropped behind our back: create it again
         raise self._status_error(response.status_code, reason)
 
@@ -209,6 +263,22 @@ class InfluxDBSink:
                 self.database,
                 error,
             )
+        for policy in sorted(set(self.retention_policies.values())):
+            statement = (
+                f"CREATE RETENTION POLICY {_quote(policy)} ON {quoted} "
+                f"DURATION INF REPLICATION 1 SHARD DURATION {ROLLUP_SHARD_DURATION}"
+            )
+            response = await self._request("POST", "query", params={"q": statement})
+            if response.status_code >= 500 or response.status_code == 429:
+                raise self._status_error(response.status_code, _server_reason(response))
+            error = _statement_error(response) if response.is_success else _server_reason(response)
+            if error is not None and "already exists" not in error:
+                log.warning(
+                    "InfluxDB at %s: could not create retention policy %r (%s)",
+                    self.url,
+                    policy,
+                    error,
+                )
         self._database_ready = True
 
     async def _request(
@@ -246,7 +316,7 @@ class InfluxDBSink:
                 f"{where}: not allowed to write to database {self.database!r} (403: {reason})"
             )
         if status == 404:
-            return AuthWriteError(
+            return _NotFound(
                 f"{where}: database {self.database!r} not found (404: {reason}); "
                 "create it or set create_database"
             )

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 import collector.sinks as sinks
+from collector.config import InfluxDBConfig
 from collector.lineprotocol import encode_point
 from collector.schema import Point
 from collector.sinks import AuthWriteError, RejectedWriteError, RetryableWriteError, Sink
@@ -272,6 +273,42 @@ async def test_writes_arrive_in_influxdb(influxdb: InfluxDBDatabase, compress: b
     assert [(r["time"], r["temp"], r["machine"]) for r in rows] == [
         (T0 + i, 1.5 + i, "torno 1") for i in range(500)
     ]
+
+
+@pytest.mark.integration
+async def test_hourly_and_daily_sums_go_to_a_policy_of_long_shards(
+    influxdb: InfluxDBDatabase,
+) -> None:
+    config = InfluxDBConfig(url=influxdb.url, database=influxdb.database)
+    reading = Point("reading", {"machine": "m"}, {"temp": 1.0}, T0)
+    hour = Point("utilization_1h", {"machine": "m"}, {"running_s": 3600.0}, T0)
+    day = Point("utilization_1d", {"machine": "m"}, {"running_s": 86400.0}, T0)
+    async with InfluxDBSink.from_config(config) as sink:
+        await sink.write([reading, hour, day])
+    policies = {r["name"]: r for r in influxdb.query("SHOW RETENTION POLICIES")}
+    assert policies["aguante_rollups"]["shardGroupDuration"] == "8736h0m0s"  # 52 weeks
+    assert influxdb.query('SELECT * FROM "reading"')
+    assert not influxdb.query('SELECT * FROM "utilization_1h"')  # not in the default policy
+    rows = influxdb.query('SELECT * FROM "aguante_rollups"."utilization_1h"')
+    assert [r["running_s"] for r in rows] == [3600.0]
+    assert influxdb.query('SELECT * FROM "aguante_rollups"."utilization_1d"')
+
+
+@pytest.mark.integration
+async def test_a_server_without_the_rollup_policy_gets_the_sums_in_the_default_one(
+    influxdb: InfluxDBDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    influxdb.create()  # and no rollup policy: as on a server that has none (2.x, 3.x)
+    hour = Point("utilization_1h", {"machine": "m"}, {"running_s": 3600.0}, T0)
+    async with InfluxDBSink(
+        url=influxdb.url,
+        database=influxdb.database,
+        retention_policies={"utilization_1h": "aguante_rollups"},
+    ) as sink:
+        await sink.write([hour])
+        await sink.write([hour])
+    assert influxdb.query('SELECT * FROM "utilization_1h"')
+    assert caplog.text.count("no retention policy 'aguante_rollups'") == 1
 
 
 @pytest.mark.integration

@@ -187,5 +187,6 @@ def hourly_sums(points: Sequence[Point]) -> list[Point]:
 async def write(url: str, database: str, points: Sequence[Point], *, hourly: bool = True) -> None:
     """Write minutes, and (as the collector does) their hourly sums."""
     extra = hourly_sums(points) if hourly else []
-    async with InfluxDBSink(url=url, database=database, create_database=True) as sink:
+    # Routed as the collector routes them: the sums to their policy of long shards.
+    async with InfluxDBSink.from_config(plant_config(url, database).influxdb) as sink:
         await sink.write([*points, *extra])

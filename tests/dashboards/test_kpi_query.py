@@ -406,7 +406,11 @@ async def test_a_retention_policy_of_the_config_is_read(influxdb: InfluxDBDataba
         await sink.write([minute, *hourly_sums([minute])])
     config = plant_config(influxdb.url, influxdb.database)
     config = config.model_copy(
-        update={"influxdb": config.influxdb.model_copy(update={"retention_policy": policy})}
+        update={
+            "influxdb": config.influxdb.model_copy(
+                update={"retention_policy": policy, "rollup_retention_policy": None}
+            )
+        }
     )
     with InfluxQL(influxdb.url, influxdb.database) as db:
         (row,) = kpis(db, config, START, END, machines=["lathe-1"])
