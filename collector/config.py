@@ -109,11 +109,14 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "AGUANTE_MQTT_URL": ("mqtt", "url"),
     "AGUANTE_MQTT_USERNAME": ("mqtt", "username"),
     "AGUANTE_MQTT_PASSWORD": ("mqtt", "password"),
+    "AGUANTE_STORE_URL": ("maintenance", "store"),
+    "AGUANTE_SECRET_KEY": ("maintenance.web", "secret_key"),
 }
 # Settings that only the environment may give: section → key → variable.
 _SECRETS = {
     "influxdb": {"password": "AGUANTE_INFLUXDB_PASSWORD", "token": "AGUANTE_INFLUXDB_TOKEN"},
     "mqtt": {"password": "AGUANTE_MQTT_PASSWORD"},
+    "maintenance.web": {"secret_key": "AGUANTE_SECRET_KEY"},
 }
 
 
@@ -885,6 +888,236 @@ DEFAULT_STOP_REASONS: tuple[StopReason, ...] = (
 assert {r.id for r in DEFAULT_STOP_REASONS} == _DEFAULT_REASON_IDS
 
 
+# -- maintenance: rules, crews, notifications, the web app (docs/maintenance.md) -----------------
+
+Severity = Literal["info", "warning", "critical"]
+
+
+class Crew(_Model):
+    """A maintenance crew (or a shift of workers): who gets which tickets, in which language."""
+
+    id: Name
+    name: str | None = None
+    sectors: list[Name] = Field(
+        default_factory=list, description="Sectors whose tickets it gets; [] = all of them."
+    )
+    language: Language | None = Field(None, description="Of its tickets; default the plant's.")
+    notify: list[Name] = Field(default_factory=list, description="Notification targets (ids).")
+
+
+class MqttNotification(_Model):
+    type: Literal["mqtt"] = "mqtt"
+    id: Name
+    topic: str = Field("aguante/tickets", description="JSON per ticket event; the broker of mqtt:.")
+
+
+class WebhookNotification(_Model):
+    type: Literal["webhook"] = "webhook"
+    id: Name
+    url: str = Field(description="Receives a JSON POST per ticket event, retried until 2xx.")
+
+
+class EmailNotification(_Model):
+    type: Literal["email"] = "email"
+    id: Name
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = True
+    sender: str = Field(description="From: address.")
+    to: list[str] = Field(min_length=1)
+    username: str | None = Field(
+        None, description="Its password only from the environment: AGUANTE_SMTP_PASSWORD."
+    )
+
+
+Notification = Annotated[
+    MqttNotification | WebhookNotification | EmailNotification, Field(discriminator="type")
+]
+
+
+class Threshold(_Model):
+    """Above (or below) a level for a while; cleared past another level for a while."""
+
+    signal: Name
+    above: float | None = None
+    below: float | None = None
+    for_minutes: float = Field(5.0, gt=0, le=10_080)
+    clear_below: float | None = Field(None, description="With above; default: above.")
+    clear_above: float | None = Field(None, description="With below; default: below.")
+    clear_minutes: float = Field(10.0, gt=0, le=10_080)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Threshold:
+        if (self.above is None) == (self.below is None):
+            raise _FieldProblem("above", "give exactly one of above or below")
+        if self.clear_below is not None and (self.above is None or self.clear_below > self.above):
+            raise _FieldProblem("clear_below", "only with above, and not above it")
+        if self.clear_above is not None and (self.below is None or self.clear_above < self.below):
+            raise _FieldProblem("clear_above", "only with below, and not below it")
+        return self
+
+
+class RateOfChange(_Model):
+    """Rising (or falling) faster than a rate per hour over a window."""
+
+    signal: Name
+    rising_per_hour: float | None = Field(None, gt=0)
+    falling_per_hour: float | None = Field(None, gt=0)
+    window_minutes: float = Field(60.0, gt=0, le=10_080)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RateOfChange:
+        if (self.rising_per_hour is None) == (self.falling_per_hour is None):
+            raise _FieldProblem(
+                "rising_per_hour", "give exactly one of rising_per_hour or falling_per_hour"
+            )
+        return self
+
+
+class Drift(_Model):
+    """The signal's recent median far from its own baseline (median and MAD over past days)."""
+
+    signal: Name
+    baseline_days: int = Field(14, ge=2, le=365)
+    recent_minutes: float = Field(60.0, gt=0, le=1440)
+    mads: float = Field(4.0, gt=0, description="How many MADs away raises the ticket.")
+    clear_mads: float = Field(2.0, gt=0, description="Back within this many MADs clears it.")
+    only_running: bool = Field(True, description="Compare only while the machine runs.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Drift:
+        if self.clear_mads > self.mads:
+            raise _FieldProblem("clear_mads", f"{self.clear_mads} is more than mads ({self.mads})")
+        return self
+
+
+class Meter(_Model):
+    """Preventive maintenance: due after run-hours, cycles or days since the last service of
+    this kind was completed, whichever comes first."""
+
+    run_hours: float | None = Field(None, gt=0)
+    cycles: int | None = Field(None, gt=0, description="Parts produced, from utilization.")
+    days: float | None = Field(None, gt=0)
+    since: dt.date | None = Field(None, description="Counted from here before any service.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Meter:
+        if self.run_hours is None and self.cycles is None and self.days is None:
+            raise _FieldProblem("run_hours", "give run_hours, cycles or days (or several)")
+        return self
+
+
+class Offline(_Model):
+    """No reading from the machine (or of one signal) for a while."""
+
+    minutes: float = Field(10.0, gt=0, le=10_080)
+    signal: Name | None = Field(None, description="Default: any signal of the machine.")
+
+
+class ErrorRate(_Model):
+    """The machine's Modbus (or MQTT) errors per poll above a level over a window."""
+
+    above: float = Field(0.2, gt=0, le=1, description="Errors per poll, 0-1.")
+    window_minutes: float = Field(15.0, gt=0, le=1440)
+
+
+class Rule(_Model):
+    """One maintenance rule: for some machines, what raises a ticket, how bad, for whom."""
+
+    id: Name
+    machines: list[Name] = Field(default_factory=list, description="Ids; [] with kind or sector.")
+    kind: str | None = Field(None, description="Every machine of this kind (machines[].kind).")
+    sector: Name | None = None
+    severity: Severity = "warning"
+    crew: Name | None = Field(None, description="Default: the crews of the machine's sector.")
+    title: dict[Language, str] = Field(
+        default_factory=dict,
+        description="Per language; placeholders {machine}, {value}, {limit}, {signal}...",
+    )
+    description: dict[Language, str] = Field(default_factory=dict)
+    reopen_minutes: float = Field(
+        1440.0, ge=0, description="A resolved ticket reopens if it fires again this soon."
+    )
+    threshold: Threshold | None = None
+    rate: RateOfChange | None = None
+    drift: Drift | None = None
+    meter: Meter | None = None
+    offline: Offline | None = None
+    error_rate: ErrorRate | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        kinds = [k for k in RULE_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise _FieldProblem(
+                "threshold", f"give exactly one of {', '.join(RULE_KINDS)}; got {kinds or 'none'}"
+            )
+        if not self.machines and self.kind is None and self.sector is None:
+            raise _FieldProblem("machines", "say which machines: machines, kind or sector")
+        return self
+
+    @property
+    def test(self) -> str:
+        """Which kind of rule it is: threshold, rate, drift, meter, offline or error_rate."""
+        return next(k for k in RULE_KINDS if getattr(self, k) is not None)
+
+    @property
+    def signal(self) -> str | None:
+        spec = getattr(self, self.test)
+        return getattr(spec, "signal", None)
+
+
+RULE_KINDS = ("threshold", "rate", "drift", "meter", "offline", "error_rate")
+
+
+class WebConfig(_Model):
+    """The crews' and workers' web app, served by `aguante maintenance`."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    public_url: str | None = Field(
+        None, description="Links in notifications; default http://host:port."
+    )
+    open_reading: bool = Field(
+        False, description="Anyone on the plant network may read tickets; changes need a token."
+    )
+    secret_key: str | None = Field(None, description="Only from AGUANTE_SECRET_KEY.")
+
+
+class MaintenanceConfig(_Model):
+    """Rules, tickets, crews and their notifications."""
+
+    interval: float = Field(60.0, ge=5, le=3600, description="Seconds between rule evaluations.")
+    store: str = Field(
+        "sqlite:///aguante-tickets.db",
+        description="sqlite:///path (default) or postgresql://user@host/db; AGUANTE_STORE_URL.",
+    )
+    crews: list[Crew] = Field(default_factory=list)
+    notifications: list[Notification] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+    web: WebConfig = WebConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MaintenanceConfig:
+        _unique([c.id for c in self.crews], "crews")
+        _unique([n.id for n in self.notifications], "notifications")
+        _unique([r.id for r in self.rules], "rules")
+        targets = {n.id for n in self.notifications}
+        for index, crew in enumerate(self.crews):
+            for n_index, target in enumerate(crew.notify):
+                if target not in targets:
+                    raise _FieldProblem(
+                        f"crews[{index}].notify[{n_index}]",
+                        f"{target!r} is not among the notifications "
+                        f"({', '.join(sorted(targets)) or 'none'})",
+                    )
+        crews = {c.id for c in self.crews}
+        for index, rule in enumerate(self.rules):
+            if rule.crew is not None and rule.crew not in crews:
+                raise _FieldProblem(f"rules[{index}].crew", f"{rule.crew!r} is not among the crews")
+        return self
+
+
 class Machine(_Model):
     """A machine on the floor, its sector and where its signals come from."""
 
@@ -895,6 +1128,7 @@ class Machine(_Model):
     mqtt: list[MqttSubscription] = Field(
         default_factory=list, description="The machine's add-on boards publishing over MQTT."
     )
+    kind: str | None = Field(None, description="What it is (press, lathe…): rules by kind.")
     rated_per_hour: float | None = Field(
         None, gt=0, description="Parts per hour at rated speed: capacity and performance."
     )
@@ -940,6 +1174,7 @@ class Config(_Model):
         default_factory=lambda: list(DEFAULT_STOP_REASONS),
         description="Replaces the default list (docs/capacity.md) when given.",
     )
+    maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
     sectors: list[Sector] = Field(min_length=1)
     machines: list[Machine] = Field(min_length=1)
 
@@ -968,6 +1203,7 @@ class Config(_Model):
         _check_field_types(self.machines, self.mqtt.subscriptions)
         _check_subscriptions(self, [m.id for m in self.machines])
         _check_state_signals(self)
+        _check_rules(self)
         _unique([r.id for r in self.stop_reasons], "stop_reasons")
         serial: dict[str, tuple[str, tuple[object, ...]]] = {}
         for index, machine in enumerate(self.machines):
@@ -999,6 +1235,16 @@ class Config(_Model):
                 for mqtt_signal in board.signals:
                     found.setdefault(mqtt_signal.name, mqtt_signal)
         return found
+
+    def rule_machines(self, rule: Rule) -> list[Machine]:
+        """The machines a maintenance rule watches, in config order."""
+        return [
+            m
+            for m in self.machines
+            if (not rule.machines or m.id in rule.machines)
+            and (rule.kind is None or m.kind == rule.kind)
+            and (rule.sector is None or m.sector == rule.sector)
+        ]
 
     def reason(self, reason_id: str) -> StopReason | None:
         return next((r for r in self.stop_reasons if r.id == reason_id), None)
@@ -1127,6 +1373,47 @@ def _condition_kind(condition: Condition) -> str:
     return "equals" if condition.equals is not None else "advanced_within"
 
 
+def _check_rules(config: Config) -> None:
+    machines = {m.id: m for m in config.machines}
+    sectors = {s.id for s in config.sectors}
+    for index, rule in enumerate(config.maintenance.rules):
+        where = f"maintenance.rules[{index}]"
+        for m_index, machine_id in enumerate(rule.machines):
+            if machine_id not in machines:
+                raise _FieldProblem(
+                    f"{where}.machines[{m_index}]", f"{machine_id!r} is not a machine id"
+                )
+        if rule.sector is not None and rule.sector not in sectors:
+            raise _FieldProblem(f"{where}.sector", f"{rule.sector!r} is not among the sectors")
+        chosen = config.rule_machines(rule)
+        if not chosen:
+            raise _FieldProblem(f"{where}.machines", "no machine matches this rule")
+        signal = rule.signal
+        if signal is None:
+            continue
+        for machine in chosen:
+            known = config.signals_of(machine)
+            if signal not in known:
+                raise _FieldProblem(
+                    f"{where}.{rule.test}.signal",
+                    f"{signal!r} is not a signal of {machine.id!r}",
+                )
+            if rule.test in ("threshold", "rate", "drift") and known[signal].field_kind not in (
+                "int",
+                "float",
+            ):
+                raise _FieldProblem(
+                    f"{where}.{rule.test}.signal", f"{signal!r} of {machine.id!r} is not a number"
+                )
+    for index, crew in enumerate(config.maintenance.crews):
+        for s_index, sector in enumerate(crew.sectors):
+            if sector not in sectors:
+                raise _FieldProblem(
+                    f"maintenance.crews[{index}].sectors[{s_index}]",
+                    f"{sector!r} is not among the sectors",
+                )
+
+
 def _unique(ids: list[str], where: str) -> None:
     seen: set[str] = set()
     for index, item in enumerate(ids):
@@ -1188,9 +1475,7 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
         )
     problems: list[ConfigProblem] = []
     for section, secrets in _SECRETS.items():
-        if section in data and data[section] is None:
-            data[section] = {}  # an empty `influxdb:` line means the defaults
-        block = data.get(section)
+        block = _block(data, section, create=False)
         if not isinstance(block, dict):
             continue
         for key, env_name in secrets.items():
@@ -1205,7 +1490,7 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
     for env_name, (section, key) in ENV_OVERRIDES.items():
         value = environ.get(env_name)
         if value:
-            block = data.setdefault(section, {})
+            block = _block(data, section, create=True)
             if isinstance(block, dict):
                 block[key] = value
     try:
@@ -1215,6 +1500,19 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+def _block(data: dict[str, Any], section: str, *, create: bool) -> Any:
+    """The mapping at a dotted section path (`maintenance.web`); an empty `influxdb:` line
+    means the defaults, so None becomes {}."""
+    block: Any = data
+    for name in section.split("."):
+        if not isinstance(block, dict):
+            return None
+        if block.get(name) is None and (create or name in block):
+            block[name] = {}
+        block = block.get(name)
+    return block
 
 
 def _problems(exc: ValidationError) -> list[ConfigProblem]:
