@@ -46,11 +46,21 @@ def example_config(
     data["influxdb"] = {"url": url, "database": database, "flush_interval": 0.1} | influx
     data["stats_interval"] = 0.5
     data["state_file"] = str(pty_dir / "aguante-state.json")
+    if "maintenance" in data:
+        data["maintenance"]["store"] = f"sqlite:///{pty_dir / 'aguante-tickets.db'}"
     if mqtt_url is None:
         data.pop("mqtt", None)
         data["machines"] = [m for m in data["machines"] if "modbus" in m]
         for machine in data["machines"]:
             machine.pop("mqtt", None)
+        kept = {m["id"] for m in data["machines"]}
+        rules = data.get("maintenance", {}).get("rules", [])
+        for rule in rules:
+            rule["machines"] = [m for m in rule.get("machines", []) if m in kept]
+        data.get("maintenance", {})["rules"] = [r for r in rules if r["machines"]]
+        data.get("maintenance", {}).pop("notifications", None)
+        for crew in data.get("maintenance", {}).get("crews", []):
+            crew.pop("notify", None)
     else:
         data["mqtt"]["url"] = mqtt_url
         data["mqtt"]["client_id"] = f"aguante-test-{database}"
