@@ -31,7 +31,17 @@ def aguante(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-COMMANDS = ["check", "schema", "collect", "simulate", "kpi", "stops", "import", "rollup"]
+COMMANDS = [
+    "check",
+    "schema",
+    "collect",
+    "simulate",
+    "kpi",
+    "stops",
+    "import",
+    "rollup",
+    "maintenance",
+]
 
 
 def test_the_command_list_is_complete() -> None:

@@ -1,0 +1,1 @@
+"""The ticket store's schema migrations (alembic), run by `TicketStore` when it opens."""
