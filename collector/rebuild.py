@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Protocol
 
 from collector.config import Config
 from collector.influxql import (
@@ -36,7 +37,15 @@ from collector.schema import (
 )
 from collector.shifts import ShiftCalendar
 
-__all__ = ["HOUR_MS", "day_span", "hour_span", "rebuilt_points", "sums_statement"]
+__all__ = [
+    "HOUR_MS",
+    "LocalDays",
+    "day_span",
+    "hour_span",
+    "rebuilt_points",
+    "split_by_source",
+    "sums_statement",
+]
 
 HOUR_MS = 3_600_000
 _INTEGERS = frozenset({"produced", "rejected", "micro_stops"})
@@ -58,6 +67,45 @@ def day_span(calendar: ShiftCalendar, start_ms: int, end_ms: int) -> list[tuple[
         days.append((begin, calendar.local_midnight_ms(following)))
         day = following
     return days
+
+
+class LocalDays(Protocol):
+    """Where the plant's days begin (a ShiftCalendar is one)."""
+
+    def local_day(self, time_ms: int) -> dt.date: ...
+
+    def local_midnight_ms(self, day: dt.date) -> int: ...
+
+
+def split_by_source(
+    start_ms: int, end_ms: int, settled_until_ms: int, calendar: LocalDays | None = None
+) -> list[tuple[str, int, int]]:
+    """Where to read [start_ms, end_ms) from, as (measurement, start, end) parts: whole local
+    days settled before `settled_until_ms` from the daily sums (given a calendar), whole settled
+    hours around them from the hourly sums, the minutes around those from `utilization`."""
+    if calendar is not None:
+        first_day = calendar.local_day(start_ms)
+        if calendar.local_midnight_ms(first_day) < start_ms:
+            first_day += dt.timedelta(days=1)
+        first = calendar.local_midnight_ms(first_day)
+        last = calendar.local_midnight_ms(calendar.local_day(min(end_ms, settled_until_ms)))
+        if first < last:
+            return [
+                *split_by_source(start_ms, first, settled_until_ms),
+                (UTILIZATION_DAILY, first, last),
+                *split_by_source(last, end_ms, settled_until_ms),
+            ]
+    if start_ms >= end_ms:
+        return []
+    first = -(-start_ms // HOUR_MS) * HOUR_MS
+    last = min(end_ms - end_ms % HOUR_MS, settled_until_ms - settled_until_ms % HOUR_MS)
+    if last <= first:
+        return [(UTILIZATION, start_ms, end_ms)]
+    parts = [(UTILIZATION, start_ms, first)] if start_ms < first else []
+    parts.append((UTILIZATION_HOURLY, first, last))
+    if last < end_ms:
+        parts.append((UTILIZATION, last, end_ms))
+    return parts
 
 
 def sums_statement(

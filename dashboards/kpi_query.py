@@ -25,14 +25,13 @@ from collector.influxql import (
     regex_any,
     time_literal,
 )
+from collector.rebuild import split_by_source
 from collector.schema import (
     TAG_FACTORY,
     TAG_MACHINE,
     TAG_SHIFT,
     UTILIZATION,
     UTILIZATION_COUNTS,
-    UTILIZATION_DAILY,
-    UTILIZATION_HOURLY,
     UTILIZATION_SECONDS,
 )
 from collector.shifts import ShiftCalendar
@@ -46,7 +45,6 @@ __all__ = [
     "Window",
     "kpis",
     "select_machines",
-    "split_by_source",
     "utilization_statement",
     "windows",
 ]
@@ -171,38 +169,6 @@ def utilization_statement(
         f" AND {quote_ident(TAG_MACHINE)} =~ {regex_any(sorted(machine_ids))}"
         f" GROUP BY {group}"
     )
-
-
-def split_by_source(
-    start_ms: int, end_ms: int, settled_until_ms: int, calendar: ShiftCalendar | None = None
-) -> list[tuple[str, int, int]]:
-    """[start_ms, end_ms) as (measurement, start, end) parts: whole local days settled before
-    `settled_until_ms` from the daily sums (with a calendar), whole settled hours around them
-    from the hourly sums, the minutes around those from `utilization`."""
-    if calendar is not None:
-        first_day = calendar.local_day(start_ms)
-        if calendar.local_midnight_ms(first_day) < start_ms:
-            first_day += dt.timedelta(days=1)
-        first = calendar.local_midnight_ms(first_day)
-        last_day = calendar.local_day(min(end_ms, settled_until_ms))
-        last = calendar.local_midnight_ms(last_day)
-        if first < last:
-            return [
-                *split_by_source(start_ms, first, settled_until_ms),
-                (UTILIZATION_DAILY, first, last),
-                *split_by_source(last, end_ms, settled_until_ms),
-            ]
-    if start_ms >= end_ms:
-        return []
-    first = -(-start_ms // HOUR_MS) * HOUR_MS
-    last = min(end_ms - end_ms % HOUR_MS, settled_until_ms - settled_until_ms % HOUR_MS)
-    if last <= first:
-        return [(UTILIZATION, start_ms, end_ms)]
-    parts = [(UTILIZATION, start_ms, first)] if start_ms < first else []
-    parts.append((UTILIZATION_HOURLY, first, last))
-    if last < end_ms:
-        parts.append((UTILIZATION, last, end_ms))
-    return parts
 
 
 def kpis(

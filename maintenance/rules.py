@@ -34,6 +34,7 @@ from collector.influxql import (
     regex_any,
     time_literal,
 )
+from collector.rebuild import split_by_source
 from collector.schema import (
     COLLECTOR,
     READING,
@@ -817,38 +818,21 @@ def _local_midnight(day: dt.date, zone: zoneinfo.ZoneInfo) -> int:
 def _split(
     start_ms: int, end_ms: int, settled_ms: int, zone: zoneinfo.ZoneInfo
 ) -> list[tuple[str, int, int]]:
-    """[start, end) as (measurement, start, end): whole local days settled before `settled_ms`
-    from the daily sums, whole settled hours around them from the hourly sums, the minutes
-    around those from `utilization` (as dashboards/kpi_query.py reads KPIs)."""
-    if start_ms >= end_ms:
-        return []
-    first_day = dt.datetime.fromtimestamp(start_ms / 1000, zone).date()
-    if _local_midnight(first_day, zone) < start_ms:
-        first_day += dt.timedelta(days=1)
-    first = _local_midnight(first_day, zone)
-    last_day = dt.datetime.fromtimestamp(min(end_ms, settled_ms) / 1000, zone).date()
-    last = _local_midnight(last_day, zone)
-    if first < last:
-        return [
-            *_split_hours(start_ms, first, settled_ms),
-            (UTILIZATION_DAILY, first, last),
-            *_split_hours(last, end_ms, settled_ms),
-        ]
-    return _split_hours(start_ms, end_ms, settled_ms)
+    """[start, end) by where to read it (collector.rebuild.split_by_source, as KPIs do)."""
+    return split_by_source(start_ms, end_ms, settled_ms, _Days(zone))
 
 
-def _split_hours(start_ms: int, end_ms: int, settled_ms: int) -> list[tuple[str, int, int]]:
-    if start_ms >= end_ms:
-        return []
-    first = -(-start_ms // HOUR_MS) * HOUR_MS
-    last = min(end_ms - end_ms % HOUR_MS, settled_ms - settled_ms % HOUR_MS)
-    if last <= first:
-        return [(UTILIZATION, start_ms, end_ms)]
-    parts = [(UTILIZATION, start_ms, first)] if start_ms < first else []
-    parts.append((UTILIZATION_HOURLY, first, last))
-    if last < end_ms:
-        parts.append((UTILIZATION, last, end_ms))
-    return parts
+class _Days:
+    """The two calendar questions split_by_source asks, for a zone alone."""
+
+    def __init__(self, zone: zoneinfo.ZoneInfo) -> None:
+        self.zone = zone
+
+    def local_day(self, time_ms: int) -> dt.date:
+        return dt.datetime.fromtimestamp(time_ms / 1000, self.zone).date()
+
+    def local_midnight_ms(self, day: dt.date) -> int:
+        return _local_midnight(day, self.zone)
 
 
 # -- offline ------------------------------------------------------------------------------------
