@@ -1,0 +1,351 @@
+"""The pages: server-rendered HTML that works on a cheap phone without JavaScript. A form
+changes something only with the session's CSRF token and a logged-in person."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from collector.config import LANGUAGES, Language
+from collector.i18n import translate
+from collector.stops import Stop, clock, reason_name
+from maintenance.model import STATUSES, Status, Ticket
+from maintenance.store import InvalidEntry, TicketNotFound
+from maintenance.web.api import check_token, web_of
+from maintenance.web.auth import Principal, Session, may_change_sector
+from maintenance.web.core import Refusal, Web
+from maintenance.web.locale import LANG_COOKIE, format_datetime, format_number, negotiate
+
+__all__ = ["SESSION_COOKIE", "error_page", "router"]
+
+SESSION_COOKIE: Final = "aguante_session"
+ACTIVE: Final[tuple[Status, ...]] = ("open", "acknowledged", "in_progress")
+READINGS_SHOWN: Final = 50
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+
+@dataclass
+class Visit:
+    """One request to a page: the app, the session (new if the browser had none), who, language."""
+
+    web: Web
+    session: Session
+    fresh: bool
+    who: Principal | None
+    language: Language
+
+    def t(self, key: str, /, **values: Any) -> str:
+        shown = {
+            k: translate(self.language, v) if isinstance(v, str) and v.startswith("web.") else v
+            for k, v in values.items()
+        }
+        return translate(self.language, key, **shown)
+
+
+def _visit(request: Request) -> Visit:
+    web = web_of(request)
+    session = web.sessions.load(request.cookies.get(SESSION_COOKIE))
+    fresh = session is None
+    if session is None:
+        session = web.sessions.new(None)
+    who = web.tokens.by_fingerprint(session.who) if session.who else None
+    language = negotiate(
+        request.query_params.get("lang"),
+        request.cookies.get(LANG_COOKIE),
+        request.headers.get("accept-language"),
+        web.config.language,
+    )
+    return Visit(web, session, fresh, who, language)
+
+
+def _set_cookies(request: Request, response: Response, visit: Visit) -> None:
+    secure = request.url.scheme == "https"
+    if visit.fresh:
+        response.set_cookie(
+            SESSION_COOKIE,
+            visit.web.sessions.dump(visit.session),
+            httponly=True,
+            samesite="lax",
+            secure=secure,
+        )
+    if request.query_params.get("lang") and visit.language in LANGUAGES:
+        response.set_cookie(
+            LANG_COOKIE, visit.language, max_age=365 * 86400, samesite="lax", secure=secure
+        )
+
+
+def _render(
+    request: Request, visit: Visit, name: str, code: int = 200, /, **values: Any
+) -> HTMLResponse:
+    web = visit.web
+    context = {
+        "t": visit.t,
+        "when": lambda ms: format_datetime(ms, visit.language, web.zone),
+        "num": lambda value: format_number(value, visit.language),
+        "who": visit.who,
+        "csrf": web.sessions.csrf_token(visit.session),
+        "lang": visit.language,
+        "languages": LANGUAGES,
+        "path": request.url.path,
+        "factory": web.config.factory,
+        **values,
+    }
+    response = templates.TemplateResponse(request, name, context, status_code=code)
+    _set_cookies(request, response, visit)
+    return response
+
+
+def error_page(request: Request, exc: Refusal) -> HTMLResponse:
+    visit = _visit(request)
+    return _render(request, visit, "error.html", exc.status, message=visit.t(exc.key, **exc.values))
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    return RedirectResponse(f"/login?next={quote(str(request.url.path))}", 303)
+
+
+def _may_read(visit: Visit) -> bool:
+    return visit.who is not None or visit.web.config.maintenance.web.open_reading
+
+
+async def _checked_form(request: Request, visit: Visit) -> dict[str, str]:
+    """The form's fields, once its CSRF token is the session's (else 403)."""
+    form = await request.form()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    if visit.fresh or not visit.web.sessions.csrf_ok(visit.session, fields.get("csrf")):
+        raise Refusal(403, "the form's CSRF token is missing or wrong", "web.error.csrf")
+    return fields
+
+
+# -- logging in and out
+
+
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/tickets"
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, next: str | None = None) -> HTMLResponse:
+    return _render(request, _visit(request), "login.html", next=_safe_next(next))
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    visit = _visit(request)
+    fields = await _checked_form(request, visit)
+    target = _safe_next(fields.get("next"))
+    try:
+        check_token(visit.web, request, fields.get("token", "").strip())
+    except Refusal as exc:
+        return _render(
+            request, visit, "login.html", exc.status, next=target, error=visit.t(exc.key)
+        )
+    fingerprint = visit.web.tokens.fingerprint(fields.get("token", "").strip())
+    # A new session id on log-in, so a session planted before it is worth nothing after.
+    visit.session, visit.fresh = visit.web.sessions.new(fingerprint), True
+    response = RedirectResponse(target, 303)
+    _set_cookies(request, response, visit)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    visit = _visit(request)
+    await _checked_form(request, visit)
+    visit.session, visit.fresh = visit.web.sessions.new(None), True
+    response = RedirectResponse("/login", 303)
+    _set_cookies(request, response, visit)
+    return response
+
+
+# -- tickets
+
+
+@router.get("/tickets", response_class=HTMLResponse)
+async def ticket_list(
+    request: Request, sector: str | None = None, status: str | None = None
+) -> Response:
+    visit = _visit(request)
+    if not _may_read(visit):
+        return _to_login(request)
+    web = visit.web
+    sector = sector or None
+    web.check_sector(sector)
+    chosen = status or "active"
+    wanted: Status | tuple[Status, ...] | None
+    if chosen == "all":
+        wanted = None
+    elif chosen in STATUSES:
+        wanted = next(s for s in STATUSES if s == chosen)
+    else:
+        chosen, wanted = "active", ACTIVE
+    tickets = await asyncio.to_thread(
+        web.store.list, wanted, [sector] if sector else None, None, 200
+    )
+    return _render(
+        request,
+        visit,
+        "tickets.html",
+        tickets=tickets,
+        sectors=web.sector_ids,
+        sector=sector,
+        status=chosen,
+        statuses=STATUSES,
+    )
+
+
+async def _ticket_page(
+    request: Request, visit: Visit, ticket_id: int, error: str | None = None, status: int = 200
+) -> HTMLResponse:
+    web = visit.web
+
+    def read() -> tuple[Ticket, list[Any], list[Any], list[Any]]:
+        return (
+            web.store.get(ticket_id),
+            web.store.history(ticket_id),
+            web.store.notes(ticket_id),
+            web.store.notices(ticket_id),
+        )
+
+    try:
+        ticket, history, notes, notices = await asyncio.to_thread(read)
+    except (TicketNotFound, InvalidEntry) as exc:
+        raise Refusal(404, str(exc), "web.error.no_ticket", id=ticket_id) from exc
+    return _render(
+        request,
+        visit,
+        "ticket.html",
+        status,
+        ticket=ticket,
+        readings=list(reversed(ticket.readings[-READINGS_SHOWN:])),
+        history=history,
+        notes=notes,
+        notices=notices,
+        may_act=visit.who is not None and may_change_sector(visit.who, ticket.sector),
+        error=error,
+    )
+
+
+@router.get("/tickets/{ticket_id}", response_class=HTMLResponse)
+async def ticket_page(request: Request, ticket_id: int) -> Response:
+    visit = _visit(request)
+    if not _may_read(visit):
+        return _to_login(request)
+    return await _ticket_page(request, visit, ticket_id)
+
+
+def _minutes(text: str | None) -> int | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) <= 0 or int(text) > 100_000:
+        raise Refusal(
+            422, f"minutes must be a whole number above 0, got {text!r}", "web.error.minutes"
+        )
+    return int(text)
+
+
+@router.post("/tickets/{ticket_id}/{action}")
+async def ticket_action(request: Request, ticket_id: int, action: str) -> Response:
+    visit = _visit(request)
+    fields = await _checked_form(request, visit)
+    if visit.who is None:
+        return _to_login(request)
+    try:
+        if action in ("acknowledge", "start"):
+            await visit.web.act(
+                visit.who, ticket_id, "acknowledge" if action == "acknowledge" else "start"
+            )
+        elif action == "resolve":
+            await visit.web.act(visit.who, ticket_id, "resolve", note=fields.get("note"))
+        elif action == "notes":
+            await visit.web.act(
+                visit.who,
+                ticket_id,
+                "note",
+                note=fields.get("text", ""),
+                parts=fields.get("parts") or None,
+                minutes=_minutes(fields.get("minutes")),
+            )
+        else:
+            raise Refusal(404, f"no action {action!r}", "web.error.no_ticket", id=ticket_id)
+    except Refusal as exc:
+        if exc.status == 404:
+            raise
+        return await _ticket_page(
+            request, visit, ticket_id, visit.t(exc.key, **exc.values), exc.status
+        )
+    return RedirectResponse(f"/tickets/{ticket_id}", 303)
+
+
+# -- stops
+
+
+async def _stops_page(
+    request: Request,
+    visit: Visit,
+    sector: str | None,
+    hours: int,
+    error: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    web = visit.web
+    if not sector:
+        own = visit.who.crew.sectors if visit.who and visit.who.crew else []
+        sector = own[0] if own else web.sector_ids[0]
+    stops: list[Stop] = await web.stops(sector, hours)
+    reasons = [(r.id, r.name(visit.language)) for r in web.config.stop_reasons]
+    return _render(
+        request,
+        visit,
+        "stops.html",
+        status,
+        stops=stops,
+        sector=sector,
+        sectors=web.sector_ids,
+        hours=hours,
+        reasons=reasons,
+        reason_name=lambda rid: reason_name(web.config, rid, visit.language),
+        clock=clock,
+        error=error,
+    )
+
+
+def _hours(text: str | None) -> int:
+    return int(text) if text and text.isdigit() and 0 < int(text) <= 24 * 14 else 24
+
+
+@router.get("/stops", response_class=HTMLResponse)
+async def stops_page(
+    request: Request, sector: str | None = None, hours: str | None = None
+) -> Response:
+    visit = _visit(request)
+    if not _may_read(visit):
+        return _to_login(request)
+    return await _stops_page(request, visit, sector, _hours(hours))
+
+
+@router.post("/stops/reason")
+async def stop_reason(request: Request) -> Response:
+    visit = _visit(request)
+    fields = await _checked_form(request, visit)
+    if visit.who is None:
+        return _to_login(request)
+    sector, hours = fields.get("sector"), _hours(fields.get("hours"))
+    try:
+        await visit.web.give_reason(visit.who, fields.get("stop_id", ""), fields.get("reason", ""))
+    except Refusal as exc:
+        message = visit.t(exc.key, **exc.values)
+        return await _stops_page(request, visit, sector, hours, message, exc.status)
+    return RedirectResponse(f"/stops?sector={quote(sector or '')}&hours={hours}", 303)

@@ -1,0 +1,185 @@
+"""The JSON the API takes and answers (its OpenAPI schema): tickets, notes, stops, errors."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from collector.stops import Stop
+from maintenance.model import Status, Ticket
+from maintenance.store import HistoryEntry, Note, NoticeState
+
+__all__ = [
+    "ErrorPublic",
+    "HistoryPublic",
+    "NoteCreate",
+    "NotePublic",
+    "NoticePublic",
+    "ReadingPublic",
+    "ResolveCreate",
+    "StopPublic",
+    "StopReasonCreate",
+    "TicketDetail",
+    "TicketPublic",
+]
+
+_Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorPublic(BaseModel):
+    detail: str
+
+
+class ReadingPublic(BaseModel):
+    time_ms: int
+    signal: str
+    value: float
+
+
+class TicketPublic(BaseModel):
+    id: int
+    machine: str
+    sector: str
+    rule: str
+    severity: str
+    status: Status
+    title: str
+    description: str
+    crew: str | None
+    assignee: str | None
+    opened_ms: int
+    updated_ms: int
+    resolved_ms: int | None
+    condition_cleared_ms: int | None
+
+    @classmethod
+    def of(cls, ticket: Ticket) -> TicketPublic:
+        return cls(
+            id=ticket.id,
+            machine=ticket.machine,
+            sector=ticket.sector,
+            rule=ticket.rule,
+            severity=ticket.severity,
+            status=ticket.status,
+            title=ticket.title,
+            description=ticket.description,
+            crew=ticket.crew,
+            assignee=ticket.assignee,
+            opened_ms=ticket.opened_ms,
+            updated_ms=ticket.updated_ms,
+            resolved_ms=ticket.resolved_ms,
+            condition_cleared_ms=ticket.condition_cleared_ms,
+        )
+
+
+class HistoryPublic(BaseModel):
+    at_ms: int
+    actor: str
+    event: str
+    changes: list[tuple[str, str | int | None, str | int | None]]
+    note: str | None
+
+    @classmethod
+    def of(cls, entry: HistoryEntry) -> HistoryPublic:
+        changes = [(c.field, c.old, c.new) for c in entry.changes]
+        return cls(
+            at_ms=entry.at_ms,
+            actor=entry.actor,
+            event=entry.event,
+            changes=changes,
+            note=entry.note,
+        )
+
+
+class NotePublic(BaseModel):
+    at_ms: int
+    actor: str
+    text: str
+    parts: str | None
+    minutes: int | None
+
+    @classmethod
+    def of(cls, note: Note) -> NotePublic:
+        return cls(
+            at_ms=note.at_ms,
+            actor=note.actor,
+            text=note.text,
+            parts=note.parts,
+            minutes=note.minutes,
+        )
+
+
+class NoticePublic(BaseModel):
+    target: str
+    status: str
+    attempts: int
+    sent_ms: int | None
+    next_attempt_ms: int | None
+    last_error: str | None
+
+    @classmethod
+    def of(cls, notice: NoticeState) -> NoticePublic:
+        return cls(
+            target=notice.target,
+            status=notice.status,
+            attempts=notice.attempts,
+            sent_ms=notice.sent_ms,
+            next_attempt_ms=notice.next_attempt_ms,
+            last_error=notice.last_error,
+        )
+
+
+class TicketDetail(TicketPublic):
+    readings: list[ReadingPublic]
+    history: list[HistoryPublic]
+    notes: list[NotePublic]
+    notices: list[NoticePublic]
+
+
+class NoteCreate(_Body):
+    """A note: text, the parts used and the minutes spent; at least one of them."""
+
+    text: _Text = ""
+    parts: _Text | None = None
+    minutes: int | None = Field(None, gt=0, le=100_000)
+
+
+class ResolveCreate(_Body):
+    note: _Text | None = None
+
+
+class StopPublic(BaseModel):
+    id: str
+    machine: str
+    sector: str
+    start_ms: int
+    duration_s: float
+    lost_s: float
+    state: str
+    open: bool
+    reason: str
+
+    @classmethod
+    def of(cls, stop: Stop) -> StopPublic:
+        return cls(
+            id=stop.id,
+            machine=stop.machine,
+            sector=stop.sector,
+            start_ms=stop.start_ms,
+            duration_s=stop.duration_s,
+            lost_s=stop.lost_s,
+            state=stop.state,
+            open=stop.open,
+            reason=stop.reason,
+        )
+
+
+class StopReasonCreate(_Body):
+    """A reason's id or its name in any language; "" clears the reason."""
+
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]

@@ -1,0 +1,621 @@
+"""The web app through FastAPI's TestClient, on a real SQLite ticket store, with the project's
+own seams for what lies beyond it: a MemorySink under the real TicketPublisher, and InfluxDB's
+answers about stops from an httpx MockTransport under the real InfluxQL client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+import yaml
+from fastapi import FastAPI
+from starlette.exceptions import StarletteDeprecationWarning
+
+from collector.config import Config, parse_config
+from collector.influxql import InfluxQL
+from collector.schema import STOP, STOP_FIELDS, TICKET
+from collector.sinks.memory import MemorySink
+from maintenance.model import Finding, Reading
+from maintenance.service import TicketPublisher
+from maintenance.store import TicketStore
+from maintenance.web import create_app
+from maintenance.web.locale import format_datetime, format_number, negotiate
+
+with warnings.catch_warnings():
+    # Starlette 1.x asks for `httpx2` under its TestClient; httpx is what is installed and works.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from fastapi.testclient import TestClient
+
+ZONE = ZoneInfo("America/Argentina/Buenos_Aires")
+NOW_S = dt.datetime(2026, 11, 25, 12, 0, tzinfo=ZONE).timestamp()
+SECRET = "a-test-secret-key-of-enough-length"
+ROSA = "token-rosa-mecanica-0001"  # crew mecanica: sector pressing
+BETO = "token-beto-hornos-00001"  # crew hornos: sector bakery
+ANA = "token-ana-worker-000001"  # a worker
+TOKENS: dict[str, tuple[str, str | None]] = {
+    ROSA: ("Rosa", "mecanica"),
+    BETO: ("Beto", "hornos"),
+    ANA: ("Ana", None),
+}
+PLANT: dict[str, Any] = {
+    "factory": "coop",
+    "timezone": "America/Argentina/Buenos_Aires",
+    "language": "es",
+    "sectors": [{"id": "pressing"}, {"id": "bakery"}],
+    "machines": [
+        {"id": "press-1", "sector": "pressing"},
+        {"id": "oven-1", "sector": "bakery"},
+    ],
+    "maintenance": {
+        "crews": [
+            {"id": "mecanica", "sectors": ["pressing"]},
+            {"id": "hornos", "sectors": ["bakery"]},
+        ]
+    },
+}
+
+
+class Clock:
+    def __init__(self, now: float = NOW_S) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeInfluxDB:
+    """Answers the stop queries of collector.stops as InfluxDB would, from `stops`."""
+
+    stops: list[dict[str, Any]] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        query = dict(httpx.QueryParams(request.content.decode()))["q"]
+        self.queries.append(query)
+        low = int(re.search(r"time >= (\d+)", query)[1]) // 1_000_000  # type: ignore[index]
+        high = int(re.search(r"time < (\d+)", query)[1]) // 1_000_000  # type: ignore[index]
+        series = []
+        for stop in self.stops:
+            if stop["machine"] in query and low <= stop["time"] < high:
+                series.append(
+                    {
+                        "name": STOP,
+                        "tags": {
+                            "factory": "coop",
+                            "sector": stop["sector"],
+                            "machine": stop["machine"],
+                        },
+                        "columns": ["time", *STOP_FIELDS],
+                        "values": [[stop["time"], *(stop[f] for f in STOP_FIELDS)]],
+                    }
+                )
+        return httpx.Response(200, json={"results": [{"statement_id": 0, "series": series}]})
+
+    def client(self) -> InfluxQL:
+        return InfluxQL("http://influx.test", "aguante", transport=httpx.MockTransport(self.handle))
+
+
+def a_stop(machine: str, sector: str, minutes_ago: int, reason: str = "") -> dict[str, Any]:
+    return {
+        "machine": machine,
+        "sector": sector,
+        "time": round((NOW_S - minutes_ago * 60) * 1000),
+        "duration_s": 750.0,
+        "lost_s": 750.0,
+        "state": "down",
+        "open": False,
+        "micro": False,
+        "reason": reason,
+    }
+
+
+def make_config(**web: Any) -> Config:
+    plant = json.loads(json.dumps(PLANT))
+    plant["maintenance"]["web"] = web
+    return parse_config(yaml.safe_dump(plant), environ={})
+
+
+def seed(store: TicketStore, machine: str, sector: str, crew: str, rule: str = "hot") -> int:
+    at = round(NOW_S * 1000) - 3_600_000
+    readings = tuple(Reading(at - n * 60_000, "temperature", 1234.5 + n) for n in range(3))
+    event = store.apply(
+        Finding(rule, machine, "fire", at, {"value": 91.5}, readings),
+        sector=sector,
+        severity="critical",
+        crew=crew,
+        title=f"{machine}: temperatura 91,5 °C",
+        description="Más de 85 °C durante 5 min",
+        reopen_window_ms=86_400_000,
+        now_ms=at,
+    )
+    assert event is not None
+    return event.ticket.id
+
+
+@dataclass
+class Plant:
+    config: Config
+    store: TicketStore
+    sink: MemorySink
+    influx: FakeInfluxDB
+    clock: Clock
+    app: FastAPI
+    pressing: int  # a ticket of sector pressing
+    bakery: int  # a ticket of sector bakery
+
+
+def build_plant(tmp_path: Path, *, open_reading: bool = False) -> Iterator[Plant]:
+    config = make_config(open_reading=open_reading)
+    store = TicketStore(f"sqlite:///{tmp_path / 'tickets.db'}")
+    sink = MemorySink()
+    influx = FakeInfluxDB([a_stop("press-1", "pressing", 30), a_stop("oven-1", "bakery", 40)])
+    clock = Clock()
+    publisher = TicketPublisher(config, store, sink, base_url="http://plant.test")
+    app = create_app(
+        config,
+        store,
+        publisher,
+        db_factory=influx.client,
+        sink=sink,
+        tokens=TOKENS,
+        secret_key=SECRET,
+        clock=clock,
+    )
+    pressing = seed(store, "press-1", "pressing", "mecanica")
+    bakery = seed(store, "oven-1", "bakery", "hornos")
+    try:
+        yield Plant(config, store, sink, influx, clock, app, pressing, bakery)
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def plant(tmp_path: Path) -> Iterator[Plant]:
+    yield from build_plant(tmp_path)
+
+
+@pytest.fixture
+def open_plant(tmp_path: Path) -> Iterator[Plant]:
+    yield from build_plant(tmp_path, open_reading=True)
+
+
+@pytest.fixture
+def client(plant: Plant) -> Iterator[TestClient]:
+    with TestClient(plant.app, follow_redirects=False) as test_client:
+        yield test_client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert match is not None, "no CSRF field in the page"
+    return match[1]
+
+
+def log_in(client: TestClient, token: str) -> None:
+    page = client.get("/login")
+    answer = client.post("/login", data={"token": token, "csrf": csrf_of(page.text)})
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["location"] == "/tickets"
+
+
+def page_post(client: TestClient, url: str, page: str, **data: str) -> httpx.Response:
+    """Post a form the way a browser would: with the CSRF token of the page it came from."""
+    csrf = csrf_of(client.get(page).text)
+    answer: httpx.Response = client.post(url, data={"csrf": csrf, **data})
+    return answer
+
+
+# -- who may do what: the API
+
+
+READ_REFUSED = (
+    "reading needs a token: send Authorization: Bearer <token> "
+    "(maintenance.web.open_reading is off)"
+)
+CHANGE_REFUSED = "this change needs a token: send Authorization: Bearer <token>"
+
+
+@pytest.mark.parametrize(
+    ("token", "read", "act", "act_text"),
+    [
+        (None, 401, 401, CHANGE_REFUSED),
+        (ANA, 200, 403, "Ana is a worker; only a maintenance crew changes tickets"),
+        (BETO, 200, 403, "Beto (crew hornos) looks after bakery; ticket 1 is in sector pressing"),
+        (ROSA, 200, 200, None),
+    ],
+    ids=["anonymous", "worker", "crew-of-another-sector", "crew-of-the-sector"],
+)
+def test_api_authorisation_matrix(
+    plant: Plant,
+    client: TestClient,
+    token: str | None,
+    read: int,
+    act: int,
+    act_text: str | None,
+) -> None:
+    headers = bearer(token) if token else {}
+    listed = client.get("/api/tickets", headers=headers)
+    one = client.get(f"/api/tickets/{plant.pressing}", headers=headers)
+    assert (listed.status_code, one.status_code) == (read, read)
+    if read == 401:
+        assert listed.json() == {"detail": READ_REFUSED}
+        assert listed.headers["www-authenticate"] == "Bearer"
+    for action in ("acknowledge", "start"):
+        answer = client.post(f"/api/tickets/{plant.pressing}/{action}", headers=headers)
+        assert answer.status_code == act, answer.text
+        if act_text is not None:
+            assert answer.json() == {"detail": act_text}
+    status = plant.store.get(plant.pressing).status
+    assert status == ("in_progress" if act == 200 else "open")
+    # the events people cause reach InfluxDB through the publisher
+    assert len([p for p in plant.sink.points if p.measurement == TICKET]) == (
+        2 if act == 200 else 0
+    )
+
+
+def test_open_reading_lets_anyone_read_but_not_change(open_plant: Plant) -> None:
+    with TestClient(open_plant.app, follow_redirects=False) as client:
+        assert client.get("/api/tickets").status_code == 200
+        assert client.get("/tickets").status_code == 200
+        assert client.get(f"/tickets/{open_plant.pressing}").status_code == 200
+        refused = client.post(f"/api/tickets/{open_plant.pressing}/acknowledge")
+        assert (refused.status_code, refused.json()) == (401, {"detail": CHANGE_REFUSED})
+    assert open_plant.store.get(open_plant.pressing).status == "open"
+
+
+def test_api_note_and_resolve_by_the_sector_crew(plant: Plant, client: TestClient) -> None:
+    noted = client.post(
+        f"/api/tickets/{plant.pressing}/notes",
+        headers=bearer(ROSA),
+        json={"text": "Cambié el rodamiento", "parts": "rodamiento 6204", "minutes": 45},
+    )
+    assert noted.status_code == 201, noted.text
+    resolved = client.post(
+        f"/api/tickets/{plant.pressing}/resolve", headers=bearer(ROSA), json={"note": "Listo"}
+    )
+    assert resolved.status_code == 200
+    assert resolved.json()["status"] == "resolved"
+    detail = client.get(f"/api/tickets/{plant.pressing}", headers=bearer(ANA)).json()
+    assert [(n["text"], n["parts"], n["minutes"]) for n in detail["notes"]] == [
+        ("Cambié el rodamiento", "rodamiento 6204", 45),
+        ("Listo", None, None),
+    ]
+    assert [h["event"] for h in detail["history"]] == ["opened", "noted", "resolved"]
+    assert [h["actor"] for h in detail["history"]][1:] == ["Rosa", "Rosa"]
+    assert len(detail["readings"]) == 3
+    listed = client.get(
+        "/api/tickets", params={"sector": "pressing", "status": "resolved"}, headers=bearer(ANA)
+    )
+    assert [t["id"] for t in listed.json()] == [plant.pressing]
+
+
+# -- exact error texts
+
+
+def test_api_error_texts(plant: Plant, client: TestClient) -> None:
+    rosa = bearer(ROSA)
+    missing = client.get("/api/tickets/999", headers=rosa)
+    assert (missing.status_code, missing.json()) == (404, {"detail": "ticket 999 does not exist"})
+    missing = client.post("/api/tickets/999/acknowledge", headers=rosa)
+    assert (missing.status_code, missing.json()) == (404, {"detail": "ticket 999 does not exist"})
+    assert (
+        client.post(f"/api/tickets/{plant.pressing}/acknowledge", headers=rosa).status_code == 200
+    )
+    again = client.post(f"/api/tickets/{plant.pressing}/acknowledge", headers=rosa)
+    assert (again.status_code, again.json()) == (
+        409,
+        {"detail": f"ticket {plant.pressing} is already acknowledged"},
+    )
+    client.post(f"/api/tickets/{plant.pressing}/resolve", headers=rosa)
+    late = client.post(f"/api/tickets/{plant.pressing}/start", headers=rosa)
+    assert (late.status_code, late.json()) == (
+        409,
+        {
+            "detail": f"ticket {plant.pressing} is resolved; "
+            "only an open or acknowledged ticket can be started"
+        },
+    )
+    empty = client.post(f"/api/tickets/{plant.pressing}/notes", headers=rosa, json={"text": " "})
+    assert (empty.status_code, empty.json()) == (
+        422,
+        {"detail": "a note needs text, parts used or minutes spent"},
+    )
+    zero = client.post(f"/api/tickets/{plant.pressing}/notes", headers=rosa, json={"minutes": 0})
+    assert (zero.status_code, zero.json()) == (
+        422,
+        {"detail": "body.minutes: Input should be greater than 0"},
+    )
+    extra = client.post(
+        f"/api/tickets/{plant.pressing}/notes", headers=rosa, json={"text": "x", "who": "me"}
+    )
+    assert extra.json() == {"detail": "body.who: Extra inputs are not permitted"}
+    status = client.get("/api/tickets", params={"status": "closed"}, headers=rosa)
+    assert status.status_code == 422
+    assert status.json()["detail"].startswith("query.status.0: Input should be 'open'")
+    sector = client.get("/api/tickets", params={"sector": "paint"}, headers=rosa)
+    assert (sector.status_code, sector.json()) == (
+        422,
+        {"detail": "unknown sector 'paint'; one of: pressing, bakery"},
+    )
+    wrong = client.get("/api/tickets", headers=bearer("not-a-token-of-anyone"))
+    assert (wrong.status_code, wrong.json()) == (401, {"detail": "unknown token"})
+
+
+def test_openapi_lists_the_api(client: TestClient) -> None:
+    spec = client.get("/api/openapi.json").json()
+    assert set(spec["paths"]) == {
+        "/api/tickets",
+        "/api/tickets/{ticket_id}",
+        "/api/tickets/{ticket_id}/acknowledge",
+        "/api/tickets/{ticket_id}/start",
+        "/api/tickets/{ticket_id}/notes",
+        "/api/tickets/{ticket_id}/resolve",
+        "/api/stops",
+        "/api/stops/{stop_id}/reason",
+    }
+    assert {"TicketPublic", "NoteCreate", "TicketDetail", "StopPublic"} <= set(
+        spec["components"]["schemas"]
+    )
+
+
+# -- who may do what: the pages
+
+
+def test_pages_need_a_login_unless_reading_is_open(plant: Plant, client: TestClient) -> None:
+    for url in ("/tickets", f"/tickets/{plant.pressing}", "/stops"):
+        answer = client.get(url)
+        assert answer.status_code == 303
+        assert answer.headers["location"] == f"/login?next={url}"
+
+
+@pytest.mark.parametrize(
+    ("token", "code", "text"),
+    [
+        (
+            ANA,
+            403,
+            "Ana: tu código es de trabajador; solo una cuadrilla de mantenimiento cambia tickets.",
+        ),
+        (BETO, 403, "Beto: tu cuadrilla no atiende el sector pressing."),
+        (ROSA, 303, None),
+    ],
+    ids=["worker", "crew-of-another-sector", "crew-of-the-sector"],
+)
+def test_page_authorisation_matrix(
+    plant: Plant, client: TestClient, token: str, code: int, text: str | None
+) -> None:
+    log_in(client, token)
+    page = f"/tickets/{plant.pressing}"
+    shown = client.get(page)
+    assert shown.status_code == 200
+    assert ("Confirmar recepción" in shown.text) == (code == 303)
+    answer = page_post(client, f"{page}/acknowledge", page)
+    assert answer.status_code == code
+    if text is not None:
+        assert text in answer.text
+        assert plant.store.get(plant.pressing).status == "open"
+    else:
+        assert answer.headers["location"] == page
+        assert plant.store.get(plant.pressing).status == "acknowledged"
+
+
+def test_anonymous_form_post_goes_to_login(plant: Plant, client: TestClient) -> None:
+    answer = page_post(client, f"/tickets/{plant.pressing}/acknowledge", "/login")
+    assert answer.status_code == 303
+    assert answer.headers["location"].startswith("/login")
+    assert plant.store.get(plant.pressing).status == "open"
+
+
+def test_page_refusals_are_shown_in_the_readers_language(plant: Plant, client: TestClient) -> None:
+    log_in(client, ROSA)
+    page = f"/tickets/{plant.pressing}"
+    assert page_post(client, f"{page}/resolve", page).status_code == 303
+    client.cookies.set("aguante_lang", "pt-BR")
+    again = page_post(client, f"{page}/acknowledge", page)
+    assert again.status_code == 409
+    assert f"O chamado #{plant.pressing} está resolvido: essa ação não cabe agora." in again.text
+    bad = page_post(client, f"{page}/notes", page, text="", minutes="-3")
+    assert bad.status_code == 422
+    assert "Os minutos devem ser um número inteiro maior que 0." in bad.text
+    assert client.get("/tickets/999").status_code == 404
+
+
+def test_ticket_page_shows_readings_notes_history_in_local_format(
+    plant: Plant, client: TestClient
+) -> None:
+    log_in(client, ROSA)
+    page = f"/tickets/{plant.pressing}"
+    answer = page_post(
+        client, f"{page}/notes", page, text="Aceite <cambiado>", parts="", minutes="30"
+    )
+    assert answer.status_code == 303
+    html = client.get(page).text
+    assert "1.236,5" in html  # decimal comma, dot thousands
+    assert "25/11/2026 11:00" in html  # opened an hour before noon, day/month/year, 24 h
+    assert "Aceite &lt;cambiado&gt;" in html  # escaped
+    assert f"Ticket #{plant.pressing}: nota de Rosa" in html
+    english = client.get(page, params={"lang": "en"}).text
+    assert "1,236.5" in english
+    assert "11/25/2026 11:00 AM" in english
+
+
+# -- CSRF and sessions
+
+
+def test_forms_without_the_csrf_token_are_refused(plant: Plant, client: TestClient) -> None:
+    log_in(client, ROSA)
+    url = f"/tickets/{plant.pressing}/acknowledge"
+    for data in ({}, {"csrf": "0" * 64}):
+        refused = client.post(url, data=data)
+        assert refused.status_code == 403
+        assert "El formulario venció o no vino de esta página." in refused.text
+    assert plant.store.get(plant.pressing).status == "open"
+    # a login form posted from elsewhere (no session yet) is refused too
+    with TestClient(plant.app, follow_redirects=False) as other:
+        assert other.post("/login", data={"token": ROSA}).status_code == 403
+
+
+def test_a_forged_session_cookie_is_no_login(plant: Plant, client: TestClient) -> None:
+    log_in(client, ANA)
+    cookie = client.cookies["aguante_session"]
+    payload, _, signature = cookie.rpartition(".")
+    client.cookies.set("aguante_session", payload + "." + "0" * len(signature))
+    assert client.get("/tickets").status_code == 303
+
+
+def test_logging_out_ends_the_session(plant: Plant, client: TestClient) -> None:
+    log_in(client, ROSA)
+    assert page_post(client, "/logout", "/tickets").status_code == 303
+    assert client.get("/tickets").status_code == 303
+
+
+def test_the_app_refuses_to_start_without_a_secret_key(plant: Plant, tmp_path: Path) -> None:
+    publisher = TicketPublisher(plant.config, plant.store, plant.sink, base_url="http://x")
+    common: dict[str, Any] = {
+        "db_factory": plant.influx.client,
+        "sink": plant.sink,
+        "tokens": TOKENS,
+    }
+    with pytest.raises(ValueError, match="needs a secret key to sign its sessions: set AGUANTE"):
+        create_app(plant.config, plant.store, publisher, secret_key=None, **common)
+    with pytest.raises(ValueError, match="AGUANTE_SECRET_KEY is 5 characters long"):
+        create_app(plant.config, plant.store, publisher, secret_key="short", **common)
+    create_app(plant.config, plant.store, publisher, secret_key=None, demo=True, **common)
+    with pytest.raises(ValueError, match="names crew 'pintura', which is not among"):
+        create_app(
+            plant.config,
+            plant.store,
+            publisher,
+            secret_key=SECRET,
+            **(common | {"tokens": {ROSA: ("Rosa", "pintura")}}),
+        )
+
+
+# -- log-in rate limit
+
+
+def test_login_is_rate_limited_per_address(plant: Plant, client: TestClient) -> None:
+    for _ in range(5):
+        wrong = page_post(client, "/login", "/login", token="guessing-a-token-0000")
+        assert wrong.status_code == 401
+        assert "Ese código no es válido." in wrong.text
+    blocked = page_post(client, "/login", "/login", token=ROSA)
+    assert blocked.status_code == 429
+    assert "Demasiados intentos fallidos. Esperá un minuto." in blocked.text
+    api = client.get("/api/tickets", headers=bearer(ROSA))
+    assert (api.status_code, api.json()) == (
+        429,
+        {"detail": "too many wrong tokens from testclient; wait a minute and try again"},
+    )
+    plant.clock.now += 61
+    log_in(client, ROSA)
+
+
+# -- languages
+
+
+def test_language_from_query_cookie_browser_or_plant(open_plant: Plant) -> None:
+    with TestClient(open_plant.app, follow_redirects=False) as client:
+        assert "<h1>Tickets</h1>" in client.get("/tickets").text  # the plant's: es
+        assert 'lang="es"' in client.get("/tickets").text
+        portuguese = client.get("/tickets", headers={"Accept-Language": "pt, en;q=0.5"})
+        assert "<h1>Chamados</h1>" in portuguese.text
+        english = client.get("/tickets", headers={"Accept-Language": "fr, en-GB;q=0.8, es;q=0.3"})
+        assert '<option value="active" selected>Unresolved</option>' in english.text
+        chosen = client.get("/tickets", params={"lang": "pt-BR"})
+        assert chosen.cookies["aguante_lang"] == "pt-BR"
+        kept = client.get("/tickets", headers={"Accept-Language": "en"})
+        assert "<h1>Chamados</h1>" in kept.text  # the cookie wins over the browser
+
+
+def test_negotiate_and_local_formats() -> None:
+    assert negotiate(None, None, "pt-PT,pt;q=0.9", "es") == "pt-BR"
+    assert negotiate(None, None, "de, en;q=0.1, es;q=0.5", "pt-BR") == "es"
+    assert negotiate("xx", "en", "es", "es") == "en"
+    assert negotiate(None, None, "de", "pt-BR") == "pt-BR"
+    assert format_number(1234567.25, "es", 2) == "1.234.567,25"
+    assert format_number(1234567.25, "en", 2) == "1,234,567.25"
+    assert format_number(3, "pt-BR") == "3"
+    moment = round(dt.datetime(2026, 3, 1, 18, 5, tzinfo=ZONE).timestamp() * 1000)
+    assert format_datetime(moment, "pt-BR", ZONE) == "01/03/2026 18:05"
+    assert format_datetime(moment, "en", ZONE) == "03/01/2026 6:05 PM"
+
+
+# -- stops
+
+
+def test_api_stops_and_reasons(plant: Plant, client: TestClient) -> None:
+    listed = client.get("/api/stops", params={"sector": "pressing"}, headers=bearer(ANA))
+    assert listed.status_code == 200
+    (stop,) = listed.json()
+    assert (stop["machine"], stop["reason"]) == ("press-1", "")
+    url = f"/api/stops/{stop['id']}/reason"
+    other_crew = client.post(url, headers=bearer(BETO), json={"reason": "breakdown"})
+    assert (other_crew.status_code, other_crew.json()) == (
+        403,
+        {
+            "detail": "Beto (crew hornos) looks after bakery; "
+            f"stop {stop['id']} is in sector pressing"
+        },
+    )
+    unknown = client.post(url, headers=bearer(ANA), json={"reason": "aliens"})
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"].startswith("'aliens' is not a stop reason; use one of: ")
+    anonymous = client.post(url, json={"reason": "breakdown"})
+    assert anonymous.status_code == 401
+    reason_id = plant.config.stop_reasons[0].id
+    given = client.post(url, headers=bearer(ANA), json={"reason": reason_id})
+    assert given.status_code == 200, given.text
+    assert given.json()["reason"] == reason_id
+    (point,) = [p for p in plant.sink.points if p.measurement == STOP]
+    assert point.fields == {"reason": reason_id}
+    missing = client.post(
+        "/api/stops/press-1@123/reason", headers=bearer(ANA), json={"reason": reason_id}
+    )
+    assert (missing.status_code, missing.json()) == (
+        404,
+        {"detail": "no stop of 'press-1' starts at 123 ms"},
+    )
+    bad = client.post("/api/stops/nonsense/reason", headers=bearer(ANA), json={"reason": ""})
+    assert bad.status_code == 422
+    assert bad.json() == {
+        "detail": "'nonsense' is not a stop id: write <machine>@<UTC start in ms>"
+    }
+
+
+def test_worker_tags_a_stop_on_the_page(plant: Plant, client: TestClient) -> None:
+    log_in(client, ANA)
+    page = client.get("/stops", params={"sector": "pressing"})
+    assert page.status_code == 200
+    assert "press-1" in page.text and "oven-1" not in page.text
+    assert "0:12:30" in page.text
+    stop_id = re.search(r'name="stop_id" value="([^"]+)"', page.text)[1]  # type: ignore[index]
+    reason = plant.config.stop_reasons[0]
+    answer = client.post(
+        "/stops/reason",
+        data={
+            "csrf": csrf_of(page.text),
+            "stop_id": stop_id,
+            "reason": reason.id,
+            "sector": "pressing",
+        },
+    )
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/stops?sector=pressing&hours=24"
+    assert [p.fields for p in plant.sink.points if p.measurement == STOP] == [{"reason": reason.id}]
+    no_csrf = client.post("/stops/reason", data={"stop_id": stop_id, "reason": reason.id})
+    assert no_csrf.status_code == 403
