@@ -1098,6 +1098,12 @@ class WebConfig(_Model):
         False, description="Anyone on the plant network may read tickets; changes need a token."
     )
     secret_key: str | None = Field(None, description="Only from AGUANTE_SECRET_KEY.")
+    enabled: bool = Field(True, description="Serve the web app with `aguante maintenance`.")
+    tokens_file: str = Field(
+        "aguante-tokens.yaml",
+        description="Who may change things: token → name and crew (none: a worker). Made "
+        "with `aguante maintenance CONFIG --new-token NAME [--crew ID]`.",
+    )
 
 
 class MaintenanceConfig(_Model):
