@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _maintenance(args: argparse.Namespace) -> int:
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per migration step is noise
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -141,7 +142,7 @@ async def _serve(
     serving = asyncio.create_task(server.serve(), name="web app")
     rules = asyncio.create_task(service.run(stop), name="maintenance rules")
     log.info(
-        "web app on http://%s:%d for %d people (%s)",
+        "web app on http://%s:%d; %d people hold a token (%s)",
         web.host,
         web.port,
         len(tokens),

@@ -840,7 +840,7 @@ class _Days:
 
 def _plan_offline(cycle: _Cycle, rule: Rule, machines: list[Machine]) -> Finisher:
     """No `reading` point of the machine (of the signal, when the rule names one) in the last
-    `minutes` fires, with the minutes since the last one ("never" without any); a reading in
+    `minutes` fires, with the minutes since the last one (none ever stored holds); a reading in
     that time clears. The newest point is found by a raw selection read backwards (LIMIT 1),
     which stops at the first point however old."""
     spec = rule.offline
@@ -868,7 +868,9 @@ def _plan_offline(cycle: _Cycle, rule: Rule, machines: list[Machine]) -> Finishe
             latest = newest.get(machine.id)
             readings = []
             if latest is None:
-                verdict: Verdict = "fire"
+                # Nothing ever stored: a board not fitted yet cannot be told from a dead one,
+                # and a fresh start must not raise a ticket for every machine before its data.
+                verdict: Verdict = "hold"
                 values["value"] = "never"
             else:
                 last = int(latest["time"])

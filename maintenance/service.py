@@ -278,14 +278,8 @@ class MaintenanceService:
         crews = crews_for(self.config, rule, machine)
         crew = crews[0] if crews else None
         language = (crew.language if crew else None) or self.config.language
-        values = {"machine": machine.name or machine.id, **finding.values}
-        if rule.test == "offline" and finding.values.get("value") == "never":
-            # "no data for never minutes" reads badly in any language and any template.
-            title = translate(
-                language, "maintenance.title.offline_never", machine=values["machine"]
-            )
-        else:
-            title = render(rule.title, f"maintenance.title.{rule.test}", language, values)
+        values = {**finding.values, "machine": machine.name or machine.id}
+        title = render(rule.title, f"maintenance.title.{rule.test}", language, values)
         description = render(rule.description, "", language, values) if rule.description else ""
         return self.store.apply(
             finding,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -66,6 +67,21 @@ def main() -> int:
     children.append(
         subprocess.Popen([AGUANTE, "collect", str(CONFIG)], cwd=DEMO, env=env, **_OWN_GROUP)
     )
+    # The maintenance service and the crews' web app, with a secret made for this demo only
+    # and a token for a crew member (tickets and tokens are kept under .demo/).
+    web_port = _port(8080)
+    env |= {"AGUANTE_SECRET_KEY": secrets.token_urlsafe(32), "AGUANTE_WEB_PORT": str(web_port)}
+    token = subprocess.run(
+        [AGUANTE, "maintenance", str(CONFIG), "--new-token", "Demo", "--crew", "mecanica"],
+        cwd=DEMO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    children.append(
+        subprocess.Popen([AGUANTE, "maintenance", str(CONFIG)], cwd=DEMO, env=env, **_OWN_GROUP)
+    )
     query = "SELECT * FROM reading WHERE machine = 'press-1' ORDER BY time DESC LIMIT 5"
     today = dt.datetime.now(ZoneInfo("America/Argentina/Buenos_Aires")).date().isoformat()
     print(
@@ -92,6 +108,8 @@ Machine states and stops (a minute or two after start):
 Capacity use and OEE today, by machine (in es; --lang pt-BR or en):
   AGUANTE_INFLUXDB_URL={influx.url} aguante kpi examples/metalworks.yaml \
        --from {today} --to {today} --by machine
+Maintenance tickets (web app for the crews, es/pt-BR/en):
+  http://127.0.0.1:{web_port}/login   token for crew "mecanica": {token}
 Make a machine fail:  curl -X POST 127.0.0.1:5019/faults -d '{{"device":"press-plc","kind":"drop"}}'
 A board drops off:    curl -X POST 127.0.0.1:5019/faults \\
                         -d '{{"device":"drill-1-plug","kind":"drop"}}'
