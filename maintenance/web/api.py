@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from maintenance.model import Status
 from maintenance.store import InvalidEntry, TicketNotFound
 from maintenance.web.auth import Principal
-from maintenance.web.core import Action, Refusal, Web
+from maintenance.web.core import MAX_TICKET_ID, Action, Refusal, Web
 from maintenance.web.schemas import (
     ErrorPublic,
     HistoryPublic,
@@ -20,6 +20,8 @@ from maintenance.web.schemas import (
     NotePublic,
     NoticePublic,
     ReadingPublic,
+    RejectsCreate,
+    RejectsPublic,
     ResolveCreate,
     StopPublic,
     StopReasonCreate,
@@ -102,6 +104,8 @@ async def _actor(who: Annotated[Principal | None, Depends(_bearer_principal)]) -
 
 
 WebDep = Annotated[Web, Depends(web_of)]
+# The store keeps ids as SQL integers (64-bit); a larger number names no ticket.
+TicketId = Annotated[int, Path(ge=1, le=MAX_TICKET_ID)]
 Reader = Annotated[Principal | None, Depends(_reader)]
 Actor = Annotated[Principal, Depends(_actor)]
 
@@ -113,7 +117,7 @@ async def tickets(
     sector: str | None = None,
     status: Annotated[list[Status] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_TICKET_ID)] = 0,
 ) -> list[TicketPublic]:
     """Tickets, newest first, of a sector and in some statuses (all when not given)."""
     web.check_sector(sector)
@@ -124,7 +128,7 @@ async def tickets(
 
 
 @router.get("/tickets/{ticket_id}", response_model=TicketDetail)
-async def ticket(web: WebDep, _who: Reader, ticket_id: int) -> TicketDetail:
+async def ticket(web: WebDep, _who: Reader, ticket_id: TicketId) -> TicketDetail:
     """A ticket with its readings, history, notes and the state of its notices."""
 
     def read() -> TicketDetail:
@@ -152,19 +156,19 @@ async def _move(web: Web, who: Principal, ticket_id: int, action: Action) -> Tic
 
 
 @router.post("/tickets/{ticket_id}/acknowledge", response_model=TicketPublic)
-async def acknowledge(web: WebDep, who: Actor, ticket_id: int) -> TicketPublic:
+async def acknowledge(web: WebDep, who: Actor, ticket_id: TicketId) -> TicketPublic:
     """open → acknowledged."""
     return await _move(web, who, ticket_id, "acknowledge")
 
 
 @router.post("/tickets/{ticket_id}/start", response_model=TicketPublic)
-async def start(web: WebDep, who: Actor, ticket_id: int) -> TicketPublic:
+async def start(web: WebDep, who: Actor, ticket_id: TicketId) -> TicketPublic:
     """open or acknowledged → in progress."""
     return await _move(web, who, ticket_id, "start")
 
 
 @router.post("/tickets/{ticket_id}/notes", response_model=TicketPublic, status_code=201)
-async def add_note(web: WebDep, who: Actor, ticket_id: int, body: NoteCreate) -> TicketPublic:
+async def add_note(web: WebDep, who: Actor, ticket_id: TicketId, body: NoteCreate) -> TicketPublic:
     """A note, the parts used and the minutes spent (at least one of them)."""
     event = await web.act(
         who, ticket_id, "note", note=body.text, parts=body.parts, minutes=body.minutes
@@ -174,7 +178,7 @@ async def add_note(web: WebDep, who: Actor, ticket_id: int, body: NoteCreate) ->
 
 @router.post("/tickets/{ticket_id}/resolve", response_model=TicketPublic)
 async def resolve(
-    web: WebDep, who: Actor, ticket_id: int, body: ResolveCreate | None = None
+    web: WebDep, who: Actor, ticket_id: TicketId, body: ResolveCreate | None = None
 ) -> TicketPublic:
     """Any unresolved status → resolved, with an optional closing note."""
     event = await web.act(who, ticket_id, "resolve", note=body.note if body else None)
@@ -196,3 +200,21 @@ async def stops(
 async def stop_reason(web: WebDep, who: Actor, stop_id: str, body: StopReasonCreate) -> StopPublic:
     """Give a stop its reason (an id or a name of the plant's stop reasons; "" clears it)."""
     return StopPublic.of(await web.give_reason(who, stop_id, body.reason))
+
+
+@router.post("/rejects", response_model=RejectsPublic)
+async def rejects(web: WebDep, who: Actor, body: RejectsCreate) -> RejectsPublic:
+    """Parts rejected on a machine in a shift, spread over the shift's planned minutes (by the
+    parts counted in each when the machine has a counter). Any worker; a crew for its sectors.
+    Entering the same shift again replaces the figure."""
+    entered = await web.enter_rejects(who, body.machine, body.date, body.shift, body.count)
+    return RejectsPublic(
+        machine=entered.machine,
+        sector=entered.sector,
+        date=entered.day,
+        shift=entered.shift,
+        count=entered.count,
+        start_ms=entered.start_ms,
+        end_ms=entered.end_ms,
+        minutes=entered.minutes,
+    )

@@ -6,14 +6,17 @@ event to the publisher, so it reaches InfluxDB and the crews like a rule's own e
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 from zoneinfo import ZoneInfo
 
-from collector.config import Config
+from collector.config import Config, Machine
 from collector.influxql import InfluxQL, QueryError
+from collector.schema import Point
+from collector.shifts import ShiftCalendar
 from collector.sinks import Sink, WriteError
 from collector.stops import (
     InvalidStopId,
@@ -33,18 +36,43 @@ from maintenance.web.auth import (
     Tokens,
     may_change_sector,
 )
+from maintenance.web.rejects import (
+    MAX_REJECTS,
+    RejectsPlan,
+    TooManyRejects,
+    plan_rejects,
+    shift_span,
+    shifts_of_day,
+    sums_after,
+)
 
-__all__ = ["Action", "Publisher", "Refusal", "Web"]
+__all__ = ["MAX_TICKET_ID", "Action", "Publisher", "Refusal", "RejectsEntered", "Web"]
 
 Action = Literal["acknowledge", "start", "resolve"]
 _HERE: Final = Path(__file__).parent
 MAX_STOP_HOURS: Final = 24 * 14
+OLDEST_DAY: Final = dt.date(2000, 1, 1)  # dates as old as year 1 overflow the calendar
+MAX_TICKET_ID: Final = 2**63 - 1  # SQL integers: a larger id names no ticket
 
 
 class Publisher(Protocol):
     """What the app needs of `maintenance.service.TicketPublisher`."""
 
     async def publish(self, events: list[TicketEvent], now_ms: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RejectsEntered:
+    """What an entry of rejects wrote: the shift's span and the minutes that carry them."""
+
+    machine: str
+    sector: str
+    day: dt.date
+    shift: str
+    count: int
+    start_ms: int
+    end_ms: int
+    minutes: int
 
 
 class Refusal(Exception):
@@ -103,6 +131,10 @@ class Web:
     # -- tickets
 
     async def ticket(self, ticket_id: int) -> Ticket:
+        if not 0 < ticket_id <= MAX_TICKET_ID:
+            raise Refusal(
+                404, f"ticket {ticket_id} does not exist", "web.error.no_ticket", id=ticket_id
+            )
         try:
             return await asyncio.to_thread(self.store.get, ticket_id)
         except (TicketNotFound, InvalidEntry) as exc:
@@ -199,3 +231,133 @@ class Web:
             raise Refusal(404, str(exc), "web.error.no_stop", id=stop_id) from exc
         except (QueryError, WriteError) as exc:
             raise Refusal(502, f"reason not saved: {exc}", "web.error.influx") from exc
+
+    # -- rejects
+
+    def machine(self, machine_id: str) -> Machine:
+        machine = next((m for m in self.config.machines if m.id == machine_id), None)
+        if machine is None:
+            raise Refusal(
+                404,
+                f"no machine {machine_id!r} in this plant",
+                "web.error.no_machine",
+                machine=machine_id,
+            )
+        return machine
+
+    def machines_for(self, who: Principal | None) -> list[Machine]:
+        """The machines `who` may enter rejects for: all for a worker, its sectors' for a crew."""
+        if who is None:
+            return []
+        if who.crew is None:
+            return list(self.config.machines)
+        return [m for m in self.config.machines if may_change_sector(who, m.sector)]
+
+    @property
+    def calendar(self) -> ShiftCalendar:
+        return ShiftCalendar(self.config.calendar, self.config.timezone)
+
+    def today(self) -> dt.date:
+        return dt.datetime.fromtimestamp(self.clock(), self.zone).date()
+
+    def shift_names(self) -> list[str]:
+        """Every shift name the calendar knows, in the order it gives them."""
+        names: dict[str, None] = {}
+        for shift in self.config.calendar.shifts:
+            names[shift.name] = None
+        for change in self.config.calendar.changes:
+            for shift in change.shifts:
+                names[shift.name] = None
+        return list(names)
+
+    async def enter_rejects(
+        self, who: Principal, machine_id: str, day: dt.date, shift: str, count: int
+    ) -> RejectsEntered:
+        """Write `count` rejected parts over the planned minutes of `shift` on `day` (a local
+        day) for a machine, and rebuild the hourly and daily sums. Again for the same shift:
+        the new figure replaces the old. Any worker; a crew member for its own sectors."""
+        if isinstance(count, bool) or not 0 <= count <= MAX_REJECTS:
+            raise Refusal(
+                422,
+                f"the rejected parts must be a whole number from 0 to {MAX_REJECTS}, got {count}",
+                "web.error.reject_count",
+                limit=MAX_REJECTS,
+            )
+        machine = self.machine(machine_id)
+        if who.crew is not None:
+            self.authorise(who, machine.sector, f"machine {machine.id}")
+        if day > self.today():
+            raise Refusal(
+                422,
+                f"{day.isoformat()} is in the future; rejects are entered for a shift "
+                "that has begun",
+                "web.error.future_day",
+                day=day.isoformat(),
+            )
+        if day < OLDEST_DAY:
+            raise Refusal(
+                422,
+                f"{day.isoformat()} is before {OLDEST_DAY.isoformat()}, older than any data here",
+                "web.error.old_day",
+                day=day.isoformat(),
+                oldest=OLDEST_DAY.isoformat(),
+            )
+        calendar = self.calendar
+        span = shift_span(calendar, day, shift)
+        if span is None:
+            known = ", ".join(shifts_of_day(calendar, day)) or "none"
+            raise Refusal(
+                422,
+                f"no shift {shift!r} on {day.isoformat()}; shifts that day: {known}",
+                "web.error.no_shift",
+                shift=shift,
+                day=day.isoformat(),
+                known=known,
+            )
+        now = self.now_ms()
+
+        def make_plan() -> RejectsPlan:
+            with self.db_factory() as db:
+                return plan_rejects(db, self.config, calendar, machine, span, count, now)
+
+        try:
+            plan = await asyncio.to_thread(make_plan)
+        except TooManyRejects as exc:
+            raise Refusal(
+                422,
+                str(exc),
+                "web.error.too_many_rejects",
+                machine=machine.id,
+                produced=exc.produced,
+                count=count,
+            ) from exc
+        except QueryError as exc:
+            raise Refusal(502, f"rejects not saved: {exc}", "web.error.influx") from exc
+        if not plan.minutes:
+            raise Refusal(
+                422,
+                f"shift {shift} of {day.isoformat()} has not begun yet",
+                "web.error.shift_not_begun",
+                shift=shift,
+                day=day.isoformat(),
+            )
+
+        def sums() -> list[Point]:
+            with self.db_factory() as db:
+                return sums_after(db, self.config, plan, machine.id)
+
+        try:
+            await self.sink.write(plan.minutes)
+            await self.sink.write(await asyncio.to_thread(sums))
+        except (QueryError, WriteError) as exc:
+            raise Refusal(502, f"rejects not saved: {exc}", "web.error.influx") from exc
+        return RejectsEntered(
+            machine.id,
+            machine.sector,
+            day,
+            span.shift,
+            count,
+            span.start_ms,
+            span.end_ms,
+            len(plan.minutes),
+        )

@@ -9,7 +9,14 @@ from zoneinfo import ZoneInfo
 
 from collector.config import LANGUAGES, Language
 
-__all__ = ["LANG_COOKIE", "format_datetime", "format_number", "negotiate", "pick_language"]
+__all__ = [
+    "LANG_COOKIE",
+    "format_datetime",
+    "format_day",
+    "format_number",
+    "negotiate",
+    "pick_language",
+]
 
 LANG_COOKIE: Final = "aguante_lang"
 
@@ -81,3 +88,8 @@ def format_datetime(time_ms: int | None, language: Language, zone: ZoneInfo) -> 
         hour = when.hour % 12 or 12
         return f"{when:%m/%d/%Y} {hour}:{when:%M} {'AM' if when.hour < 12 else 'PM'}"
     return f"{when:%d/%m/%Y %H:%M}"
+
+
+def format_day(day: dt.date, language: Language) -> str:
+    """24/11/2026 (es, pt-BR) or 11/24/2026 (en)."""
+    return f"{day:%m/%d/%Y}" if language == "en" else f"{day:%d/%m/%Y}"

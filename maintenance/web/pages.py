@@ -4,10 +4,12 @@ changes something only with the session's CSRF token and a logged-in person."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -20,8 +22,15 @@ from maintenance.model import STATUSES, Status, Ticket
 from maintenance.store import InvalidEntry, TicketNotFound
 from maintenance.web.api import check_token, web_of
 from maintenance.web.auth import Principal, Session, may_change_sector
-from maintenance.web.core import Refusal, Web
-from maintenance.web.locale import LANG_COOKIE, format_datetime, format_number, negotiate
+from maintenance.web.core import MAX_TICKET_ID, Refusal, Web
+from maintenance.web.locale import (
+    LANG_COOKIE,
+    format_datetime,
+    format_day,
+    format_number,
+    negotiate,
+)
+from maintenance.web.rejects import MAX_REJECTS
 
 __all__ = ["SESSION_COOKIE", "error_page", "router"]
 
@@ -209,6 +218,10 @@ async def _ticket_page(
     request: Request, visit: Visit, ticket_id: int, error: str | None = None, status: int = 200
 ) -> HTMLResponse:
     web = visit.web
+    if not 0 < ticket_id <= MAX_TICKET_ID:
+        raise Refusal(
+            404, f"ticket {ticket_id} does not exist", "web.error.no_ticket", id=ticket_id
+        )
 
     def read() -> tuple[Ticket, list[Any], list[Any], list[Any]]:
         return (
@@ -349,3 +362,91 @@ async def stop_reason(request: Request) -> Response:
         message = visit.t(exc.key, **exc.values)
         return await _stops_page(request, visit, sector, hours, message, exc.status)
     return RedirectResponse(f"/stops?sector={quote(sector or '')}&hours={hours}", 303)
+
+
+# -- rejects
+
+
+def _rejects_page(
+    request: Request,
+    visit: Visit,
+    values: dict[str, str],
+    *,
+    error: str | None = None,
+    done: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    web = visit.web
+    return _render(
+        request,
+        visit,
+        "rejects.html",
+        status,
+        machines=web.machines_for(visit.who),
+        shifts=web.shift_names(),
+        today=web.today().isoformat(),
+        values=values,
+        error=error,
+        done=done,
+    )
+
+
+@router.get("/rejects", response_class=HTMLResponse)
+async def rejects_page(request: Request) -> Response:
+    visit = _visit(request)
+    if visit.who is None:
+        return _to_login(request)
+    values = {k: v for k, v in request.query_params.items() if k in _REJECT_FIELDS}
+    done = None
+    if request.query_params.get("saved") == "1" and len(values) == len(_REJECT_FIELDS):
+        day = values["date"]
+        with contextlib.suppress(ValueError):  # a hand-made link: show it as given
+            day = format_day(dt.date.fromisoformat(day), visit.language)
+        done = visit.t("web.rejects.saved", **(values | {"date": day}))
+    return _rejects_page(request, visit, values, done=done)
+
+
+_REJECT_FIELDS: Final = ("machine", "date", "shift", "count")
+
+
+def _reject_count(text: str) -> int:
+    text = text.strip()
+    if not text.isdigit() or len(text) > 9:
+        raise Refusal(
+            422,
+            f"the rejected parts must be a whole number from 0 to {MAX_REJECTS}, got {text!r}",
+            "web.error.reject_count",
+            limit=MAX_REJECTS,
+        )
+    return int(text)
+
+
+def _reject_day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise Refusal(422, f"not a date: {text!r}", "web.error.bad_date", day=text.strip()) from exc
+
+
+@router.post("/rejects")
+async def enter_rejects(request: Request) -> Response:
+    visit = _visit(request)
+    fields = await _checked_form(request, visit)
+    if visit.who is None:
+        return _to_login(request)
+    values = {k: fields.get(k, "").strip() for k in _REJECT_FIELDS}
+    try:
+        count = _reject_count(values["count"])
+        entered = await visit.web.enter_rejects(
+            visit.who, values["machine"], _reject_day(values["date"]), values["shift"], count
+        )
+    except Refusal as exc:
+        message = visit.t(exc.key, **exc.values)
+        return _rejects_page(request, visit, values, error=message, status=exc.status)
+    shown = {
+        "machine": entered.machine,
+        "date": entered.day.isoformat(),
+        "shift": entered.shift,
+        "count": str(entered.count),
+    }
+    return RedirectResponse(f"/rejects?saved=1&{urlencode(shown)}", 303)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -17,6 +18,8 @@ __all__ = [
     "NotePublic",
     "NoticePublic",
     "ReadingPublic",
+    "RejectsCreate",
+    "RejectsPublic",
     "ResolveCreate",
     "StopPublic",
     "StopReasonCreate",
@@ -183,3 +186,24 @@ class StopReasonCreate(_Body):
     """A reason's id or its name in any language; "" clears the reason."""
 
     reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+
+
+class RejectsCreate(_Body):
+    """Parts rejected on a machine in one shift of a local day; again for the same shift
+    replaces the figure."""
+
+    machine: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+    date: dt.date = Field(description="The plant-local day the shift starts on.")
+    shift: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+    count: int = Field(description="Whole parts rejected, 0 or more (0 clears an entry).")
+
+
+class RejectsPublic(BaseModel):
+    machine: str
+    sector: str
+    date: dt.date
+    shift: str
+    count: int
+    start_ms: int = Field(description="The shift's start (UTC milliseconds).")
+    end_ms: int = Field(description="The shift's end (UTC milliseconds).")
+    minutes: int = Field(description="The planned minutes that carry the rejects.")

@@ -22,13 +22,16 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from collector.config import Config, parse_config
 from collector.influxql import InfluxQL
-from collector.schema import STOP, STOP_FIELDS, TICKET
+from collector.schema import STOP, STOP_FIELDS, TICKET, UTILIZATION, Point
+from collector.shifts import ShiftCalendar
+from collector.sinks.influxdb import InfluxDBSink
 from collector.sinks.memory import MemorySink
 from maintenance.model import Finding, Reading
 from maintenance.service import TicketPublisher
 from maintenance.store import TicketStore
 from maintenance.web import create_app
 from maintenance.web.locale import format_datetime, format_number, negotiate
+from tests.conftest import InfluxDBDatabase
 
 with warnings.catch_warnings():
     # Starlette 1.x asks for `httpx2` under its TestClient; httpx is what is installed and works.
@@ -50,6 +53,17 @@ PLANT: dict[str, Any] = {
     "factory": "coop",
     "timezone": "America/Argentina/Buenos_Aires",
     "language": "es",
+    "calendar": {
+        "shifts": [
+            {
+                "name": "mañana",
+                "days": ["mon", "tue", "wed", "thu", "fri"],
+                "start": "06:00",
+                "end": "14:00",
+                "breaks": [{"start": "10:00", "end": "10:15"}],
+            }
+        ]
+    },
     "sectors": [{"id": "pressing"}, {"id": "bakery"}],
     "machines": [
         {"id": "press-1", "sector": "pressing"},
@@ -82,6 +96,10 @@ class FakeInfluxDB:
     def handle(self, request: httpx.Request) -> httpx.Response:
         query = dict(httpx.QueryParams(request.content.decode()))["q"]
         self.queries.append(query)
+        if 'FROM "stop"' not in query:  # the sums of `utilization`: none stored here
+            statements = query.count(";\n") + 1
+            empty = [{"statement_id": n} for n in range(statements)]
+            return httpx.Response(200, json={"results": empty})
         low = int(re.search(r"time >= (\d+)", query)[1]) // 1_000_000  # type: ignore[index]
         high = int(re.search(r"time < (\d+)", query)[1]) // 1_000_000  # type: ignore[index]
         series = []
@@ -366,8 +384,9 @@ def test_openapi_lists_the_api(client: TestClient) -> None:
         "/api/tickets/{ticket_id}/resolve",
         "/api/stops",
         "/api/stops/{stop_id}/reason",
+        "/api/rejects",
     }
-    assert {"TicketPublic", "NoteCreate", "TicketDetail", "StopPublic"} <= set(
+    assert {"TicketPublic", "NoteCreate", "TicketDetail", "StopPublic", "RejectsCreate"} <= set(
         spec["components"]["schemas"]
     )
 
@@ -619,3 +638,290 @@ def test_worker_tags_a_stop_on_the_page(plant: Plant, client: TestClient) -> Non
     assert [p.fields for p in plant.sink.points if p.measurement == STOP] == [{"reason": reason.id}]
     no_csrf = client.post("/stops/reason", data={"stop_id": stop_id, "reason": reason.id})
     assert no_csrf.status_code == 403
+
+
+# -- rejects per shift (the shift: mañana, Mon–Fri 06:00–14:00, break 10:00–10:15)
+
+YESTERDAY = "2026-11-24"  # a Tuesday: 465 planned minutes
+SHIFT_START_MS = round(dt.datetime(2026, 11, 24, 6, 0, tzinfo=ZONE).timestamp() * 1000)
+
+
+def rejects_of(plant: Plant) -> dict[int, int]:
+    return {
+        p.time_ms: int(p.fields["rejected"])
+        for p in plant.sink.points
+        if p.measurement == UTILIZATION and "rejected" in p.fields
+    }
+
+
+def test_api_rejects_spread_evenly_over_the_planned_minutes(
+    plant: Plant, client: TestClient
+) -> None:
+    body = {"machine": "press-1", "date": YESTERDAY, "shift": "mañana", "count": 470}
+    answer = client.post("/api/rejects", headers=bearer(ANA), json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "machine": "press-1",
+        "sector": "pressing",
+        "date": YESTERDAY,
+        "shift": "mañana",
+        "count": 470,
+        "start_ms": SHIFT_START_MS,
+        "end_ms": SHIFT_START_MS + 8 * 3_600_000,
+        "minutes": 465,
+    }
+    shares = rejects_of(plant)
+    assert len(shares) == 465 and sum(shares.values()) == 470
+    assert set(shares.values()) == {1, 2}  # 470 = 465 × 1 + 5, the 5 to the earliest minutes
+    assert [shares[SHIFT_START_MS + n * 60_000] for n in range(6)] == [2, 2, 2, 2, 2, 1]
+    break_start = SHIFT_START_MS + 4 * 3_600_000
+    assert all(not break_start <= t < break_start + 15 * 60_000 for t in shares)
+    minute = next(p for p in plant.sink.points if p.measurement == UTILIZATION)
+    assert minute.tags == {
+        "factory": "coop",
+        "sector": "pressing",
+        "machine": "press-1",
+        "shift": "mañana",
+    }
+    assert set(minute.fields) == {"rejected"}
+    sums = [q for q in plant.influx.queries if "utilization" in q and "sum(" in q.lower()]
+    assert sums, "the hours and days were not summed again"
+
+
+def test_api_rejects_of_a_shift_under_way_only_in_its_settled_minutes(
+    plant: Plant, client: TestClient
+) -> None:
+    body = {"machine": "press-1", "date": "2026-11-25", "shift": "mañana", "count": 10}
+    answer = client.post("/api/rejects", headers=bearer(ANA), json=body)
+    assert answer.status_code == 200, answer.text
+    # Now is 12:00: 06:00–11:57 is settled (the collector may still write 11:58 and 11:59).
+    assert answer.json()["minutes"] == 6 * 60 - 2 - 15
+    assert max(rejects_of(plant)) == round(NOW_S * 1000) - 3 * 60_000
+
+
+@pytest.mark.parametrize(
+    ("token", "body", "status", "detail"),
+    [
+        (None, {}, 401, CHANGE_REFUSED),
+        (
+            BETO,
+            {},
+            403,
+            "Beto (crew hornos) looks after bakery; machine press-1 is in sector pressing",
+        ),
+        (ANA, {"machine": "lathe-9"}, 404, "no machine 'lathe-9' in this plant"),
+        (
+            ANA,
+            {"count": -1},
+            422,
+            "the rejected parts must be a whole number from 0 to 1000000, got -1",
+        ),
+        (
+            ANA,
+            {"date": "2026-11-26"},
+            422,
+            "2026-11-26 is in the future; rejects are entered for a shift that has begun",
+        ),
+        (
+            ANA,
+            {"shift": "noche"},
+            422,
+            "no shift 'noche' on 2026-11-24; shifts that day: mañana",
+        ),
+        (
+            ANA,
+            {"date": "2026-11-22"},
+            422,
+            "no shift 'mañana' on 2026-11-22; shifts that day: none",
+        ),
+        (
+            ANA,
+            {"date": "0001-01-01"},
+            422,
+            "0001-01-01 is before 2000-01-01, older than any data here",
+        ),
+        (ANA, {"count": 1.5}, 422, None),
+    ],
+    ids=[
+        "anonymous",
+        "crew-of-another-sector",
+        "unknown-machine",
+        "negative",
+        "future",
+        "unknown-shift",
+        "sunday",
+        "year-one",
+        "fraction",
+    ],
+)
+def test_api_rejects_refusals(
+    plant: Plant,
+    client: TestClient,
+    token: str | None,
+    body: dict[str, Any],
+    status: int,
+    detail: str | None,
+) -> None:
+    sent = {"machine": "press-1", "date": YESTERDAY, "shift": "mañana", "count": 3} | body
+    answer = client.post("/api/rejects", headers=bearer(token) if token else {}, json=sent)
+    assert answer.status_code == status, answer.text
+    if detail is not None:
+        assert answer.json() == {"detail": detail}
+    assert rejects_of(plant) == {}
+
+
+def test_api_rejects_by_the_sectors_crew(plant: Plant, client: TestClient) -> None:
+    body = {"machine": "press-1", "date": YESTERDAY, "shift": "mañana", "count": 0}
+    answer = client.post("/api/rejects", headers=bearer(ROSA), json=body)
+    assert answer.status_code == 200, answer.text
+    assert set(rejects_of(plant).values()) == {0}
+
+
+def test_worker_enters_rejects_on_the_page_in_spanish(plant: Plant, client: TestClient) -> None:
+    assert client.get("/rejects").headers["location"] == "/login?next=/rejects"
+    log_in(client, ANA)
+    page = client.get("/rejects")
+    assert page.status_code == 200
+    assert "Piezas rechazadas por turno" in page.text
+    assert 'value="press-1"' in page.text and 'value="oven-1"' in page.text
+    assert 'value="mañana"' in page.text
+    fields = {"machine": "oven-1", "date": YESTERDAY, "shift": "mañana", "count": "12"}
+    no_csrf = client.post("/rejects", data=fields)
+    assert no_csrf.status_code == 403
+    assert rejects_of(plant) == {}
+    answer = client.post("/rejects", data={"csrf": csrf_of(page.text), **fields})
+    assert answer.status_code == 303
+    assert sum(rejects_of(plant).values()) == 12
+    shown = client.get(answer.headers["location"])
+    assert "Guardado: 12 piezas rechazadas en oven-1, turno mañana del 24/11/2026." in shown.text
+    wrong = client.post("/rejects", data={"csrf": csrf_of(page.text), **fields, "count": "doce"})
+    assert wrong.status_code == 422
+    assert "Las piezas rechazadas tienen que ser un número entero de 0 a 1000000." in wrong.text
+    future = client.post(
+        "/rejects?lang=pt-BR",
+        data={"csrf": csrf_of(page.text), **fields, "date": "2026-12-01"},
+    )
+    assert future.status_code == 422
+    assert "O dia 2026-12-01 ainda não chegou" in future.text
+
+
+def test_a_crew_sees_only_its_sectors_machines(plant: Plant, client: TestClient) -> None:
+    log_in(client, BETO)
+    page = client.get("/rejects")
+    assert 'value="oven-1"' in page.text and 'value="press-1"' not in page.text
+
+
+COUNTING_PRESS: dict[str, Any] = {
+    "id": "press-1",
+    "sector": "pressing",
+    "modbus": {
+        "host": "127.0.0.1",
+        "port": 5020,
+        "signals": [
+            {"name": "current", "table": "holding", "address": 0, "type": "uint16"},
+            {"name": "strokes", "table": "holding", "address": 1, "type": "uint16"},
+        ],
+    },
+    "state": {"running": {"signal": "current", "above": 5, "clear_below": 3}},
+    "counters": {"produced": {"signal": "strokes"}},
+}
+
+
+@pytest.mark.integration
+def test_rejects_reach_the_minutes_and_the_sums_in_influxdb(
+    tmp_path: Path, influxdb: InfluxDBDatabase
+) -> None:
+    """press-1 counts parts: 2 a minute in the shift's first hour, none after. The rejects
+    follow those parts, the hours and the day are summed again, and a second entry replaces."""
+    plant = json.loads(json.dumps(PLANT))
+    plant["machines"][0] = COUNTING_PRESS
+    plant["influxdb"] = {"url": influxdb.url, "database": influxdb.database}
+    config = parse_config(yaml.safe_dump(plant, allow_unicode=True), environ={})
+    calendar = ShiftCalendar(config.calendar, config.timezone)
+    tags = {"factory": "coop", "sector": "pressing", "machine": "press-1", "shift": "mañana"}
+    minutes = [
+        Point(
+            UTILIZATION,
+            tags,
+            {"running_s": 60.0, "produced": 2 if n < 60 else 0, "rejected": 0},
+            SHIFT_START_MS + n * 60_000,
+        )
+        for n in range(8 * 60)
+    ]
+    assert all(calendar.shift_at(p.time_ms) == "mañana" for p in minutes)
+    store = TicketStore(f"sqlite:///{tmp_path / 'tickets.db'}")
+    sink = InfluxDBSink.from_config(config.influxdb)
+    app = create_app(
+        config,
+        store,
+        TicketPublisher(config, store, sink, base_url="http://plant.test"),
+        db_factory=lambda: InfluxQL.from_config(config.influxdb),
+        sink=sink,
+        tokens=TOKENS,
+        secret_key=SECRET,
+        clock=Clock(),
+    )
+    day = "SELECT sum(rejected), sum(produced) FROM {} WHERE machine = 'press-1'"
+    try:
+        with TestClient(app) as client:
+            client.portal.call(sink.__aenter__)  # type: ignore[union-attr]
+            try:
+                client.portal.call(sink.write, minutes)  # type: ignore[union-attr]
+
+                def enter(count: int) -> httpx.Response:
+                    body = {"machine": "press-1", "date": YESTERDAY, "shift": "mañana"}
+                    answer: httpx.Response = client.post(
+                        "/api/rejects", headers=bearer(ANA), json=body | {"count": count}
+                    )
+                    return answer
+
+                too_many = enter(121)
+                assert (too_many.status_code, too_many.json()) == (
+                    422,
+                    {
+                        "detail": "press-1 counted 120 parts in that shift; 121 rejected is more "
+                        "than that"
+                    },
+                )
+                assert enter(100).status_code == 200
+                stored = influxdb.query(
+                    "SELECT rejected, produced, running_s FROM utilization "
+                    "WHERE machine = 'press-1' AND rejected > 0"
+                )
+                rejected = [row["rejected"] for row in stored]
+                assert rejected == [2] * 40 + [1] * 20
+                assert all(row["running_s"] == 60.0 for row in stored)  # the collector's stay
+                for table in (
+                    '"aguante_rollups"."utilization_1h"',
+                    '"aguante_rollups"."utilization_1d"',
+                ):
+                    (row,) = influxdb.query(day.format(table))
+                    assert (row["sum"], row["sum_1"]) == (100, 120), table
+
+                assert enter(30).status_code == 200  # the same shift again: replaces
+                stored = influxdb.query(
+                    "SELECT rejected FROM utilization WHERE machine = 'press-1' AND rejected > 0"
+                )
+                assert [row["rejected"] for row in stored] == [1] * 30
+                for table in (
+                    '"aguante_rollups"."utilization_1h"',
+                    '"aguante_rollups"."utilization_1d"',
+                ):
+                    (row,) = influxdb.query(day.format(table))
+                    assert (row["sum"], row["sum_1"]) == (30, 120), table
+            finally:
+                client.portal.call(sink.__aexit__, None, None, None)  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_a_ticket_id_beyond_sql_integers_is_no_ticket(plant: Plant, client: TestClient) -> None:
+    """Found by schemathesis: such an id overflowed SQLite's integers (a 500)."""
+    huge = 2**63
+    answer = client.get(f"/api/tickets/{huge}", headers=bearer(ROSA))
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith("path.ticket_id: Input should be less than")
+    log_in(client, ROSA)
+    page = client.get(f"/tickets/{huge}")
+    assert page.status_code == 404
+    assert f"{huge}" in page.text
