@@ -1,10 +1,12 @@
 """`make bench`: the collector against the plainest Python loop, polling the same simulated devices
 into the same InfluxDB, in one run on this machine; then (mqtt_bench.py) against the plainest
 paho subscriber, taking add-on boards' messages from Mosquitto; then (kpi_bench.py) KPI queries
-over a year of minute rollups of 50 machines; rewrites benchmarks/RESULTS.md.
+over a year of minute rollups of 50 machines; then (maintenance_bench.py) maintenance rule cycles
+of 50 machines × 10 rules and the ticket API under 20 clients; rewrites benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/run.py [--seconds 30] [--warmup 5] [--repeat 2] [--burst 50000]
-        [--shapes plant,scale,mqtt-tasmota,mqtt-tasmota-burst,mqtt-plain,mqtt-plain-burst,kpi-year]
+        [--shapes plant,scale,mqtt-tasmota,mqtt-tasmota-burst,mqtt-plain,mqtt-plain-burst,kpi-year,
+        maintenance]
 
 A contender is a command to start and a process to measure (`Contender`); the simulators and
 `influxd` run in processes of their own so that only the contender's CPU is counted.
@@ -42,6 +44,7 @@ BIN = Path(sys.executable).parent  # the venv's bin, where `aguante` is installe
 sys.path.insert(0, str(ROOT))  # for tests.services (the tests' own influxd harness)
 
 import kpi_bench  # noqa: E402  (benchmarks/, the script's own directory)
+import maintenance_bench  # noqa: E402
 import mqtt_bench  # noqa: E402
 
 from tests.services import InfluxDB  # noqa: E402
@@ -53,6 +56,7 @@ SECTOR = "bench"
 CPU_TARGET = 1.0  # aguante's CPU per value stored, as a multiple of the plain loop's
 _PR_SET_PDEATHSIG = 1
 KPI_SHAPE = "kpi-year"  # a year of minute rollups for 50 machines, then KPI queries
+MAINTENANCE_SHAPE = maintenance_bench.MAINTENANCE_SHAPE  # rule cycles and the ticket API
 REQUEST_TOLERANCE = 0.01  # window edges cut a poll or two; a wrong plan is off by >= 10 %
 
 
@@ -682,6 +686,7 @@ def write_report(
     started: float,
     mqtt_results: dict[str, list[mqtt_bench.MqttMeasurement]] | None = None,
     kpi_result: kpi_bench.KpiMeasurement | None = None,
+    maintenance_result: maintenance_bench.MaintenanceMeasurement | None = None,
 ) -> None:
     info = machine_description()
     lines = [
@@ -713,6 +718,8 @@ def write_report(
     lines += mqtt_bench.report_lines(mqtt_results or {}, args.repeat)
     if kpi_result is not None:
         lines += kpi_bench.report_lines(kpi_result)
+    if maintenance_result is not None:
+        lines += maintenance_bench.report_lines(maintenance_result)
     path.write_text("\n".join(lines))
 
 
@@ -725,6 +732,7 @@ def run(
     dict[str, list[Measurement]],
     dict[str, list[mqtt_bench.MqttMeasurement]],
     kpi_bench.KpiMeasurement | None,
+    maintenance_bench.MaintenanceMeasurement | None,
 ]:
     results: dict[str, list[Measurement]] = {}
     with contextlib.ExitStack() as stack:
@@ -768,7 +776,12 @@ def run(
             kpi_result = kpi_bench.run_kpi(
                 influx.url, progress=lambda line: print(line, flush=True)
             )
-    return results, mqtt_results, kpi_result
+        maintenance_result = None
+        if MAINTENANCE_SHAPE in args.shapes:
+            maintenance_result = maintenance_bench.run_maintenance(
+                influx.url, progress=lambda line: print(line, flush=True)
+            )
+    return results, mqtt_results, kpi_result, maintenance_result
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -780,9 +793,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--shapes",
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        default=[*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE],
+        default=[*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE, MAINTENANCE_SHAPE],
         help="comma-separated, of: "
-        f"{', '.join([*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE])} (all)",
+        f"{', '.join([*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE, MAINTENANCE_SHAPE])} (all)",
     )
     parser.add_argument(
         "--repeat", type=int, default=2, help="runs of each contender per MQTT shape (2)"
@@ -794,7 +807,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--output", type=Path, default=BENCH / "RESULTS.md", help="report (benchmarks/RESULTS.md)"
     )
     args = parser.parse_args(argv)
-    known = [*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE]
+    known = [*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE, MAINTENANCE_SHAPE]
     unknown = [s for s in args.shapes if s not in known]
     if unknown:
         parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(known)}")
@@ -814,11 +827,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminated)
     started = time.time()
     try:
-        results, mqtt_results, kpi_result = run(args)
+        results, mqtt_results, kpi_result, maintenance_result = run(args)
     except KeyboardInterrupt:
         print("interrupted; every process started was stopped", file=sys.stderr)
         return 130
-    write_report(args.output, results, args, started, mqtt_results, kpi_result)
+    write_report(args.output, results, args, started, mqtt_results, kpi_result, maintenance_result)
     print(f"wrote {args.output}")
     return 0
 
