@@ -12,8 +12,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from maintenance.model import Status
 from maintenance.store import InvalidEntry, TicketNotFound
 from maintenance.web.auth import Principal
-from maintenance.web.core import MAX_TICKET_ID, Action, Refusal, Web
+from maintenance.web.core import MAX_RELIABILITY_DAYS, MAX_TICKET_ID, Action, Refusal, Web
 from maintenance.web.schemas import (
+    AssignCreate,
     ErrorPublic,
     HistoryPublic,
     NoteCreate,
@@ -22,6 +23,7 @@ from maintenance.web.schemas import (
     ReadingPublic,
     RejectsCreate,
     RejectsPublic,
+    ReliabilityPublic,
     ResolveCreate,
     StopPublic,
     StopReasonCreate,
@@ -183,6 +185,34 @@ async def resolve(
     """Any unresolved status → resolved, with an optional closing note."""
     event = await web.act(who, ticket_id, "resolve", note=body.note if body else None)
     return TicketPublic.of(event.ticket)
+
+
+@router.post("/tickets/{ticket_id}/assign", response_model=TicketPublic)
+async def assign(web: WebDep, who: Actor, ticket_id: TicketId, body: AssignCreate) -> TicketPublic:
+    """Give an unresolved ticket to a person (yourself, to take it), or to nobody (null)."""
+    event = await web.act(who, ticket_id, "assign", assignee=body.assignee)
+    return TicketPublic.of(event.ticket)
+
+
+@router.get("/machines/{machine}/reliability", response_model=ReliabilityPublic)
+async def reliability(
+    web: WebDep,
+    _who: Reader,
+    machine: str,
+    days: Annotated[int, Query(ge=1, le=MAX_RELIABILITY_DAYS)] = 90,
+) -> ReliabilityPublic:
+    """MTBF and MTTR of a machine over the last `days`, in hours; its meter rules (planned
+    service) are not failures and are left out."""
+    found = await web.reliability(machine, days)
+    return ReliabilityPublic(
+        machine=found.machine,
+        days=found.days,
+        start_ms=found.start_ms,
+        end_ms=found.end_ms,
+        mtbf_h=found.mtbf_h,
+        mttr_h=found.mttr_h,
+        failures=found.failures,
+    )
 
 
 @router.get("/stops", response_model=list[StopPublic])

@@ -46,10 +46,22 @@ from maintenance.web.rejects import (
     sums_after,
 )
 
-__all__ = ["MAX_TICKET_ID", "Action", "Publisher", "Refusal", "RejectsEntered", "Web"]
+__all__ = [
+    "MAX_ASSIGNEE",
+    "MAX_RELIABILITY_DAYS",
+    "MAX_TICKET_ID",
+    "Action",
+    "Publisher",
+    "Refusal",
+    "RejectsEntered",
+    "Reliability",
+    "Web",
+]
 
 Action = Literal["acknowledge", "start", "resolve"]
 _HERE: Final = Path(__file__).parent
+MAX_ASSIGNEE: Final = 200
+MAX_RELIABILITY_DAYS: Final = 3650
 MAX_STOP_HOURS: Final = 24 * 14
 OLDEST_DAY: Final = dt.date(2000, 1, 1)  # dates as old as year 1 overflow the calendar
 MAX_TICKET_ID: Final = 2**63 - 1  # SQL integers: a larger id names no ticket
@@ -75,6 +87,20 @@ class RejectsEntered:
     minutes: int
 
 
+@dataclass(frozen=True, slots=True)
+class Reliability:
+    """MTBF and MTTR of a machine over the `days` before `end_ms`, in hours (None: no failure,
+    or no repair, in the window); `failures` the failures that began in it."""
+
+    machine: str
+    days: int
+    start_ms: int
+    end_ms: int
+    mtbf_h: float | None
+    mttr_h: float | None
+    failures: int
+
+
 class Refusal(Exception):
     """A request refused: `status` the HTTP status, `message` the API's text (English) and
     `key`/`values` the same in the reader's language on the pages."""
@@ -94,6 +120,32 @@ def _store_refusal(exc: Exception) -> Refusal:
     if isinstance(exc, InvalidEntry):
         return Refusal(422, str(exc), "web.error.empty_note")
     raise exc
+
+
+def _checked_assignee(assignee: str | None) -> str | None:
+    if assignee is None:
+        return None
+    name = assignee.strip()
+    if not name:
+        raise Refusal(
+            422,
+            "the assignee must name a person; null assigns the ticket to nobody",
+            "web.error.assignee_empty",
+        )
+    if len(name) > MAX_ASSIGNEE:
+        raise Refusal(
+            422,
+            f"the assignee's name is {len(name)} characters long; at most {MAX_ASSIGNEE}",
+            "web.error.assignee_long",
+            limit=MAX_ASSIGNEE,
+        )
+    return name
+
+
+def _already_assigned(exc: TransitionRefused, assignee: str | None) -> Refusal:
+    if assignee is None:
+        return Refusal(409, str(exc), "web.error.assigned_nobody", id=exc.ticket_id)
+    return Refusal(409, str(exc), "web.error.assigned_already", id=exc.ticket_id, name=assignee)
 
 
 @dataclass
@@ -164,17 +216,25 @@ class Web:
         self,
         who: Principal,
         ticket_id: int,
-        action: Action | Literal["note"],
+        action: Action | Literal["note", "assign"],
         *,
         note: str | None = None,
         parts: str | None = None,
         minutes: int | None = None,
+        assignee: str | None = None,
     ) -> TicketEvent:
+        """Make a change to a ticket as `who` (a crew of its sector), and publish its event."""
+        if action == "assign":
+            assignee = _checked_assignee(assignee)
         ticket = await self.ticket(ticket_id)
         self.authorise(who, ticket.sector, f"ticket {ticket_id}")
         now = self.now_ms()
         try:
-            if action == "acknowledge":
+            if action == "assign":
+                event = await asyncio.to_thread(
+                    self.store.assign, ticket_id, who.name, assignee, now
+                )
+            elif action == "acknowledge":
                 event = await asyncio.to_thread(self.store.acknowledge, ticket_id, who.name, now)
             elif action == "start":
                 event = await asyncio.to_thread(self.store.start, ticket_id, who.name, now)
@@ -184,10 +244,47 @@ class Web:
                 event = await asyncio.to_thread(
                     self.store.add_note, ticket_id, who.name, note or "", now, parts, minutes
                 )
-        except (TicketNotFound, TransitionRefused, InvalidEntry) as exc:
+        except TransitionRefused as exc:
+            if action == "assign" and exc.status != "resolved":
+                raise _already_assigned(exc, assignee) from exc
+            raise _store_refusal(exc) from exc
+        except (TicketNotFound, InvalidEntry) as exc:
             raise _store_refusal(exc) from exc
         await self.publisher.publish([event], now)
         return event
+
+    # -- reliability
+
+    def failure_rules(self) -> list[str]:
+        """The rules whose tickets are failures: all but the meters, which plan service."""
+        return [r.id for r in self.config.maintenance.rules if r.meter is None]
+
+    async def reliability(self, machine_id: str, days: int) -> Reliability:
+        """MTBF and MTTR of a machine over the last `days`, from its failure rules' tickets."""
+        machine = self.machine(machine_id)
+        if isinstance(days, bool) or not 1 <= days <= MAX_RELIABILITY_DAYS:
+            raise Refusal(
+                422,
+                f"days must be a whole number from 1 to {MAX_RELIABILITY_DAYS}, got {days}",
+                "web.error.reliability_days",
+                limit=MAX_RELIABILITY_DAYS,
+            )
+        end = self.now_ms()
+        start = end - days * 86_400_000
+        mtbf_s, mttr_s = await asyncio.to_thread(
+            self.store.mtbf_mttr, machine.id, start, end, rules=self.failure_rules()
+        )
+        # MTBF is the window over the failures in it: the count comes back exactly.
+        failures = round((end - start) / 1000 / mtbf_s) if mtbf_s else 0
+        return Reliability(
+            machine.id,
+            days,
+            start,
+            end,
+            None if mtbf_s is None else mtbf_s / 3600,
+            None if mttr_s is None else mttr_s / 3600,
+            failures,
+        )
 
     # -- stops
 

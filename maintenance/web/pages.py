@@ -22,7 +22,7 @@ from maintenance.model import STATUSES, Status, Ticket
 from maintenance.store import InvalidEntry, TicketNotFound
 from maintenance.web.api import check_token, web_of
 from maintenance.web.auth import Principal, Session, may_change_sector
-from maintenance.web.core import MAX_TICKET_ID, Refusal, Web
+from maintenance.web.core import MAX_ASSIGNEE, MAX_TICKET_ID, Refusal, Web
 from maintenance.web.locale import (
     LANG_COOKIE,
     format_datetime,
@@ -37,6 +37,7 @@ __all__ = ["SESSION_COOKIE", "error_page", "router"]
 SESSION_COOKIE: Final = "aguante_session"
 ACTIVE: Final[tuple[Status, ...]] = ("open", "acknowledged", "in_progress")
 READINGS_SHOWN: Final = 50
+RELIABILITY_DAYS: Final = 90
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -235,6 +236,10 @@ async def _ticket_page(
         ticket, history, notes, notices = await asyncio.to_thread(read)
     except (TicketNotFound, InvalidEntry) as exc:
         raise Refusal(404, str(exc), "web.error.no_ticket", id=ticket_id) from exc
+    reliability = None
+    # A ticket may outlive its machine in the config: then there is no figure to show.
+    if any(m.id == ticket.machine for m in web.config.machines):
+        reliability = await web.reliability(ticket.machine, RELIABILITY_DAYS)
     return _render(
         request,
         visit,
@@ -246,6 +251,9 @@ async def _ticket_page(
         notes=notes,
         notices=notices,
         may_act=visit.who is not None and may_change_sector(visit.who, ticket.sector),
+        reliability=reliability,
+        hours=lambda value: "—" if value is None else f"{format_number(value, visit.language)} h",
+        max_assignee=MAX_ASSIGNEE,
         error=error,
     )
 
@@ -282,6 +290,10 @@ async def ticket_action(request: Request, ticket_id: int, action: str) -> Respon
             )
         elif action == "resolve":
             await visit.web.act(visit.who, ticket_id, "resolve", note=fields.get("note"))
+        elif action == "assign":
+            # "To me" takes the ticket; an empty name gives it to nobody.
+            name = visit.who.name if fields.get("to") == "me" else fields.get("assignee", "")
+            await visit.web.act(visit.who, ticket_id, "assign", assignee=name.strip() or None)
         elif action == "notes":
             await visit.web.act(
                 visit.who,

@@ -12,6 +12,7 @@ from maintenance.model import Status, Ticket
 from maintenance.store import HistoryEntry, Note, NoticeState
 
 __all__ = [
+    "AssignCreate",
     "ErrorPublic",
     "HistoryPublic",
     "NoteCreate",
@@ -20,6 +21,7 @@ __all__ = [
     "ReadingPublic",
     "RejectsCreate",
     "RejectsPublic",
+    "ReliabilityPublic",
     "ResolveCreate",
     "StopPublic",
     "StopReasonCreate",
@@ -154,6 +156,33 @@ class NoteCreate(_Body):
 
 class ResolveCreate(_Body):
     note: _Text | None = None
+
+
+class AssignCreate(_Body):
+    """Who the ticket is given to: any person's name (yours, to take it), or null for nobody."""
+
+    assignee: str | None = Field(
+        description="A person's name (at most 200 characters); null assigns it to nobody."
+    )
+
+
+class ReliabilityPublic(BaseModel):
+    """MTBF and MTTR of a machine over the last `days`, from the tickets of its failure rules
+    (the meter rules of planned service left out)."""
+
+    machine: str
+    days: int
+    start_ms: int = Field(description="The window's start (UTC milliseconds).")
+    end_ms: int = Field(description="The window's end: now (UTC milliseconds).")
+    mtbf_h: float | None = Field(
+        description="Mean time between failures: the window's hours over the failures that "
+        "began in it (calendar time); null with no failure."
+    )
+    mttr_h: float | None = Field(
+        description="Mean time to repair: hours from opened or reopened to resolved, over the "
+        "repairs ended in the window; null with none."
+    )
+    failures: int = Field(description="Tickets opened or reopened in the window.")
 
 
 class StopPublic(BaseModel):

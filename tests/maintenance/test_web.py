@@ -137,9 +137,11 @@ def a_stop(machine: str, sector: str, minutes_ago: int, reason: str = "") -> dic
     }
 
 
-def make_config(**web: Any) -> Config:
+def make_config(rules: list[dict[str, Any]] | None = None, **web: Any) -> Config:
     plant = json.loads(json.dumps(PLANT))
     plant["maintenance"]["web"] = web
+    if rules is not None:
+        plant["maintenance"]["rules"] = rules
     return parse_config(yaml.safe_dump(plant), environ={})
 
 
@@ -172,8 +174,10 @@ class Plant:
     bakery: int  # a ticket of sector bakery
 
 
-def build_plant(tmp_path: Path, *, open_reading: bool = False) -> Iterator[Plant]:
-    config = make_config(open_reading=open_reading)
+def build_plant(
+    tmp_path: Path, *, open_reading: bool = False, rules: list[dict[str, Any]] | None = None
+) -> Iterator[Plant]:
+    config = make_config(rules, open_reading=open_reading)
     store = TicketStore(f"sqlite:///{tmp_path / 'tickets.db'}")
     sink = MemorySink()
     influx = FakeInfluxDB([a_stop("press-1", "pressing", 30), a_stop("oven-1", "bakery", 40)])
@@ -382,6 +386,8 @@ def test_openapi_lists_the_api(client: TestClient) -> None:
         "/api/tickets/{ticket_id}/start",
         "/api/tickets/{ticket_id}/notes",
         "/api/tickets/{ticket_id}/resolve",
+        "/api/tickets/{ticket_id}/assign",
+        "/api/machines/{machine}/reliability",
         "/api/stops",
         "/api/stops/{stop_id}/reason",
         "/api/rejects",
@@ -925,3 +931,228 @@ def test_a_ticket_id_beyond_sql_integers_is_no_ticket(plant: Plant, client: Test
     page = client.get(f"/tickets/{huge}")
     assert page.status_code == 404
     assert f"{huge}" in page.text
+
+
+# -- assigning a ticket
+
+
+def test_api_assign_by_the_sector_crew(plant: Plant, client: TestClient) -> None:
+    rosa = bearer(ROSA)
+    given = client.post(
+        f"/api/tickets/{plant.pressing}/assign", headers=rosa, json={"assignee": " Juan "}
+    )
+    assert (given.status_code, given.json()["assignee"]) == (200, "Juan")
+    taken = client.post(
+        f"/api/tickets/{plant.pressing}/assign", headers=rosa, json={"assignee": "Rosa"}
+    )
+    assert taken.json()["assignee"] == "Rosa"
+    dropped = client.post(
+        f"/api/tickets/{plant.pressing}/assign", headers=rosa, json={"assignee": None}
+    )
+    assert dropped.json()["assignee"] is None
+    detail = client.get(f"/api/tickets/{plant.pressing}", headers=rosa).json()
+    assert [(h["event"], h["actor"], h["changes"]) for h in detail["history"][1:]] == [
+        ("updated", "Rosa", [["assignee", None, "Juan"]]),
+        ("updated", "Rosa", [["assignee", "Juan", "Rosa"]]),
+        ("updated", "Rosa", [["assignee", "Rosa", None]]),
+    ]
+    # each assignment is an event that reaches InfluxDB through the publisher
+    assert len([p for p in plant.sink.points if p.measurement == TICKET]) == 3
+
+
+@pytest.mark.parametrize(
+    ("token", "code", "text"),
+    [
+        (None, 401, CHANGE_REFUSED),
+        (ANA, 403, "Ana is a worker; only a maintenance crew changes tickets"),
+        (BETO, 403, "Beto (crew hornos) looks after bakery; ticket 1 is in sector pressing"),
+    ],
+    ids=["anonymous", "worker", "crew-of-another-sector"],
+)
+def test_api_assign_refused(
+    plant: Plant, client: TestClient, token: str | None, code: int, text: str
+) -> None:
+    headers = bearer(token) if token else {}
+    answer = client.post(
+        f"/api/tickets/{plant.pressing}/assign", headers=headers, json={"assignee": "Juan"}
+    )
+    assert (answer.status_code, answer.json()) == (code, {"detail": text})
+    assert plant.store.get(plant.pressing).assignee is None
+    assert not [p for p in plant.sink.points if p.measurement == TICKET]
+
+
+def test_api_assign_error_texts(plant: Plant, client: TestClient) -> None:
+    rosa, url = bearer(ROSA), f"/api/tickets/{plant.pressing}/assign"
+    nobody = client.post(url, headers=rosa, json={"assignee": None})
+    assert (nobody.status_code, nobody.json()) == (
+        409,
+        {"detail": f"ticket {plant.pressing} is already assigned to nobody"},
+    )
+    blank = client.post(url, headers=rosa, json={"assignee": "  "})
+    assert (blank.status_code, blank.json()) == (
+        422,
+        {"detail": "the assignee must name a person; null assigns the ticket to nobody"},
+    )
+    long = client.post(url, headers=rosa, json={"assignee": "x" * 201})
+    assert (long.status_code, long.json()) == (
+        422,
+        {"detail": "the assignee's name is 201 characters long; at most 200"},
+    )
+    missing = client.post(url, headers=rosa, json={})
+    assert missing.json() == {"detail": "body.assignee: Field required"}
+    client.post(url, headers=rosa, json={"assignee": "Juan"})
+    again = client.post(url, headers=rosa, json={"assignee": "Juan"})
+    assert (again.status_code, again.json()) == (
+        409,
+        {"detail": f"ticket {plant.pressing} is already assigned to Juan"},
+    )
+    client.post(f"/api/tickets/{plant.pressing}/resolve", headers=rosa)
+    late = client.post(url, headers=rosa, json={"assignee": "Rosa"})
+    assert (late.status_code, late.json()) == (
+        409,
+        {
+            "detail": f"ticket {plant.pressing} is resolved; "
+            "only an unresolved ticket can be assigned"
+        },
+    )
+    unknown = client.post("/api/tickets/999/assign", headers=rosa, json={"assignee": "Juan"})
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "ticket 999 does not exist"})
+
+
+def test_page_assign_shows_the_assignee(plant: Plant, client: TestClient) -> None:
+    log_in(client, ROSA)
+    page = f"/tickets/{plant.pressing}"
+    answer = page_post(client, f"{page}/assign", page, assignee="Juan Pérez")
+    assert (answer.status_code, answer.headers["location"]) == (303, page)
+    shown = client.get(page).text
+    assert '<dd id="assignee">Juan Pérez</dd>' in shown
+    assert "asignado a Juan Pérez" in client.get("/tickets").text
+    page_post(client, f"{page}/assign", page, assignee="Juan Pérez", to="me")
+    assert plant.store.get(plant.pressing).assignee == "Rosa"
+    again = page_post(client, f"{page}/assign", page, assignee="Rosa")
+    assert again.status_code == 409
+    assert f"El ticket #{plant.pressing} ya está asignado a Rosa." in again.text
+    cleared = page_post(client, f"{page}/assign", page, assignee="  ")
+    assert cleared.status_code == 303
+    assert plant.store.get(plant.pressing).assignee is None
+    english = client.get(page, params={"lang": "en"}).text
+    assert "Take it myself" in english
+    forged = client.post(f"{page}/assign", data={"csrf": "0" * 32, "assignee": "Eve"})
+    assert forged.status_code == 403
+    assert plant.store.get(plant.pressing).assignee is None
+
+
+def test_page_assign_refused_to_a_worker(plant: Plant, client: TestClient) -> None:
+    log_in(client, ANA)
+    page = f"/tickets/{plant.pressing}"
+    assert "/assign" not in client.get(page).text
+    answer = page_post(client, f"{page}/assign", page, assignee="Ana")
+    assert answer.status_code == 403
+    assert (
+        "Ana: tu código es de trabajador; solo una cuadrilla de mantenimiento cambia tickets."
+        in answer.text
+    )
+    assert plant.store.get(plant.pressing).assignee is None
+
+
+# -- MTBF and MTTR
+
+HOUR_MS = 3_600_000
+RULES: list[dict[str, Any]] = [
+    {"id": "hot", "machines": ["press-1", "oven-1"], "offline": {"minutes": 10}},
+    {"id": "shake", "machines": ["press-1"], "error_rate": {"above": 0.2}},
+    {"id": "leak", "machines": ["press-1"], "offline": {"minutes": 30}},
+    {"id": "oil", "machines": ["press-1"], "meter": {"days": 30}},
+]
+
+
+@pytest.fixture
+def timeline(tmp_path: Path) -> Iterator[Plant]:
+    """press-1, hours before now: leak opened 250, resolved 238 (a 12 h repair begun before a
+    10-day window); shake opened 100, resolved 96 (4 h), reopened 50, resolved 48 (2 h); hot
+    opened 1 (the seeded ticket, unresolved); the oil meter's service 30 to 20, left out.
+    oven-1: hot opened 1, unresolved."""
+    for plant in build_plant(tmp_path, rules=RULES):
+        _resolve(plant, _fire(plant, "leak", 250), 238)
+        shake = _fire(plant, "shake", 100)
+        _resolve(plant, shake, 96)
+        assert _fire(plant, "shake", 50) == shake
+        _resolve(plant, shake, 48)
+        _resolve(plant, _fire(plant, "oil", 30), 20)
+        yield plant
+
+
+def _fire(plant: Plant, rule: str, hours_ago: float) -> int:
+    at = round(NOW_S * 1000) - round(hours_ago * HOUR_MS)
+    event = plant.store.apply(
+        Finding(rule, "press-1", "fire", at, {"value": 1.0}, ()),
+        sector="pressing",
+        severity="warning",
+        crew="mecanica",
+        title=rule,
+        description="",
+        reopen_window_ms=7 * 24 * HOUR_MS,
+        now_ms=at,
+    )
+    assert event is not None
+    return event.ticket.id
+
+
+def _resolve(plant: Plant, ticket_id: int, hours_ago: float) -> None:
+    plant.store.resolve(ticket_id, "Rosa", round(NOW_S * 1000) - round(hours_ago * HOUR_MS))
+
+
+def test_api_reliability_over_a_constructed_timeline(timeline: Plant) -> None:
+    now = round(NOW_S * 1000)
+    with TestClient(timeline.app, follow_redirects=False) as client:
+        ten = client.get(
+            "/api/machines/press-1/reliability", params={"days": 10}, headers=bearer(ANA)
+        )
+        assert ten.json() == {
+            "machine": "press-1",
+            "days": 10,
+            "start_ms": now - 240 * HOUR_MS,
+            "end_ms": now,
+            "mtbf_h": 80.0,  # 240 h over shake opened, shake reopened and hot opened
+            "mttr_h": 6.0,  # (12 + 4 + 2) / 3; the oil service is planned, not a repair
+            "failures": 3,
+        }
+        default = client.get("/api/machines/press-1/reliability", headers=bearer(BETO)).json()
+        assert (default["days"], default["mtbf_h"], default["mttr_h"], default["failures"]) == (
+            90,
+            540.0,
+            6.0,
+            4,
+        )
+        one = client.get(
+            "/api/machines/press-1/reliability", params={"days": 1}, headers=bearer(ROSA)
+        ).json()
+        assert (one["mtbf_h"], one["mttr_h"], one["failures"]) == (24.0, None, 1)
+        unknown = client.get("/api/machines/lathe-9/reliability", headers=bearer(ROSA))
+        assert (unknown.status_code, unknown.json()) == (
+            404,
+            {"detail": "no machine 'lathe-9' in this plant"},
+        )
+        zero = client.get(
+            "/api/machines/press-1/reliability", params={"days": 0}, headers=bearer(ROSA)
+        )
+        assert (zero.status_code, zero.json()) == (
+            422,
+            {"detail": "query.days: Input should be greater than or equal to 1"},
+        )
+        anonymous = client.get("/api/machines/press-1/reliability")
+        assert (anonymous.status_code, anonymous.json()) == (401, {"detail": READ_REFUSED})
+
+
+def test_ticket_page_shows_mtbf_and_mttr_in_local_format(timeline: Plant) -> None:
+    with TestClient(timeline.app, follow_redirects=False) as client:
+        log_in(client, ANA)
+        press = client.get(f"/tickets/{timeline.pressing}").text
+        assert "MTBF (90 días)" in press
+        assert '<dd id="mtbf">540 h</dd>' in press
+        assert '<dd id="mttr">6 h</dd>' in press
+        oven = client.get(f"/tickets/{timeline.bakery}").text
+        assert '<dd id="mtbf">2.160 h</dd>' in oven  # 90 days over one failure
+        assert '<dd id="mttr">—</dd>' in oven
+        english = client.get(f"/tickets/{timeline.bakery}", params={"lang": "en"}).text
+        assert '<dd id="mtbf">2,160 h</dd>' in english

@@ -33,6 +33,8 @@ OPERATIONS = {
     "POST /api/tickets/{ticket_id}/start",
     "POST /api/tickets/{ticket_id}/notes",
     "POST /api/tickets/{ticket_id}/resolve",
+    "POST /api/tickets/{ticket_id}/assign",
+    "GET /api/machines/{machine}/reliability",
     "GET /api/stops",
     "POST /api/stops/{stop_id}/reason",
     "POST /api/rejects",
