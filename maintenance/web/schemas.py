@@ -64,22 +64,7 @@ class TicketPublic(BaseModel):
 
     @classmethod
     def of(cls, ticket: Ticket) -> TicketPublic:
-        return cls(
-            id=ticket.id,
-            machine=ticket.machine,
-            sector=ticket.sector,
-            rule=ticket.rule,
-            severity=ticket.severity,
-            status=ticket.status,
-            title=ticket.title,
-            description=ticket.description,
-            crew=ticket.crew,
-            assignee=ticket.assignee,
-            opened_ms=ticket.opened_ms,
-            updated_ms=ticket.updated_ms,
-            resolved_ms=ticket.resolved_ms,
-            condition_cleared_ms=ticket.condition_cleared_ms,
-        )
+        return cls.model_validate(ticket, from_attributes=True)
 
 
 class HistoryPublic(BaseModel):
@@ -110,13 +95,7 @@ class NotePublic(BaseModel):
 
     @classmethod
     def of(cls, note: Note) -> NotePublic:
-        return cls(
-            at_ms=note.at_ms,
-            actor=note.actor,
-            text=note.text,
-            parts=note.parts,
-            minutes=note.minutes,
-        )
+        return cls.model_validate(note, from_attributes=True)
 
 
 class NoticePublic(BaseModel):
@@ -129,14 +108,7 @@ class NoticePublic(BaseModel):
 
     @classmethod
     def of(cls, notice: NoticeState) -> NoticePublic:
-        return cls(
-            target=notice.target,
-            status=notice.status,
-            attempts=notice.attempts,
-            sent_ms=notice.sent_ms,
-            next_attempt_ms=notice.next_attempt_ms,
-            last_error=notice.last_error,
-        )
+        return cls.model_validate(notice, from_attributes=True)
 
 
 class TicketDetail(TicketPublic):
@@ -198,17 +170,7 @@ class StopPublic(BaseModel):
 
     @classmethod
     def of(cls, stop: Stop) -> StopPublic:
-        return cls(
-            id=stop.id,
-            machine=stop.machine,
-            sector=stop.sector,
-            start_ms=stop.start_ms,
-            duration_s=stop.duration_s,
-            lost_s=stop.lost_s,
-            state=stop.state,
-            open=stop.open,
-            reason=stop.reason,
-        )
+        return cls.model_validate(stop, from_attributes=True)
 
 
 class StopReasonCreate(_Body):
