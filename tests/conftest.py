@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.services import InfluxDB, Mosquitto, quote_ident
+from tests.services import (
+    InfluxDB,
+    Mosquitto,
+    ServiceError,
+    TlsFiles,
+    make_tls_files,
+    quote_ident,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -130,3 +137,38 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+def make_tls_or_fail(directory: Path, name: str = "aguante test") -> TlsFiles:
+    try:
+        return make_tls_files(directory, name=name)
+    except ServiceError as exc:
+        pytest.fail(f"cannot make test certificates: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate it signed."""
+    return make_tls_or_fail(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def start_broker(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    """Start Mosquitto with the given options (tls, require_certificate, users); stopped after
+    the test. Fails (never skips) when mosquitto, mosquitto_passwd or openssl is missing."""
+    brokers: list[Mosquitto] = []
+
+    def start(**options: Any) -> Mosquitto:
+        try:
+            broker = Mosquitto(tmp_path / f"mosquitto{len(brokers)}", **options)
+            brokers.append(broker)
+            broker.start()
+        except ServiceError as exc:
+            pytest.fail(f"cannot start Mosquitto for the integration tests: {exc}", pytrace=False)
+        return broker
+
+    try:
+        yield start
+    finally:
+        for broker in brokers:
+            broker.stop()

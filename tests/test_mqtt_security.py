@@ -26,8 +26,8 @@ from collector.app import Collector
 from collector.config import Config, parse_config
 from collector.sinks.influxdb import InfluxDBSink
 from collector.sources.mqtt import MqttSource
-from tests.conftest import InfluxDBDatabase
-from tests.services import Mosquitto, ServiceError, TlsFiles, make_tls_files
+from tests.conftest import InfluxDBDatabase, make_tls_or_fail
+from tests.services import Mosquitto, TlsFiles
 
 pytestmark = pytest.mark.integration
 
@@ -59,45 +59,10 @@ machines:
 # -- certificates and brokers -------------------------------------------------------------------
 
 
-def _make_tls_or_fail(directory: Path, name: str) -> TlsFiles:
-    try:
-        return make_tls_files(directory, name=name)
-    except ServiceError as exc:
-        pytest.fail(f"cannot make test certificates: {exc}", pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    """The broker's CA, its server certificate and a client certificate it signed."""
-    return _make_tls_or_fail(tmp_path_factory.mktemp("tls"), "aguante test")
-
-
 @pytest.fixture(scope="session")
 def other_tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     """An unrelated CA (and certificates), which the broker's certificates do not chain to."""
-    return _make_tls_or_fail(tmp_path_factory.mktemp("other-tls"), "someone else")
-
-
-@pytest.fixture
-def start_broker(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
-    """Start Mosquitto with the given options (tls, require_certificate, users); stopped after
-    the test. Fails (never skips) when mosquitto, mosquitto_passwd or openssl is missing."""
-    brokers: list[Mosquitto] = []
-
-    def start(**options: Any) -> Mosquitto:
-        try:
-            broker = Mosquitto(tmp_path / f"mosquitto{len(brokers)}", **options)
-            brokers.append(broker)
-            broker.start()
-        except ServiceError as exc:
-            pytest.fail(f"cannot start Mosquitto for the integration tests: {exc}", pytrace=False)
-        return broker
-
-    try:
-        yield start
-    finally:
-        for broker in brokers:
-            broker.stop()
+    return make_tls_or_fail(tmp_path_factory.mktemp("other-tls"), "someone else")
 
 
 # -- the collector, a board and InfluxDB --------------------------------------------------------

@@ -45,7 +45,7 @@ from maintenance.notify import (
     deliver,
     retry_delay_ms,
 )
-from tests.services import Mosquitto, ServiceError, TlsFiles, free_port, make_tls_files
+from tests.services import Mosquitto, TlsFiles, free_port, make_tls_files
 
 TOPIC = "planta/mantenimiento/tickets"
 PAYLOAD: dict[str, object] = {
@@ -75,35 +75,6 @@ async def eventually(check: Callable[[], object], within: float = 5.0) -> None:
 # -- MQTT -----------------------------------------------------------------------------------------
 
 USERS = {"aguante": "clave-del-servicio", "tablero": "clave-del-tablero"}
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    try:
-        return make_tls_files(tmp_path_factory.mktemp("notify-tls"))
-    except ServiceError as exc:
-        pytest.fail(f"cannot make test certificates: {exc}", pytrace=False)
-
-
-@pytest.fixture
-def start_broker(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
-    """Mosquitto with options (tls, users) of this test's own; stopped after it."""
-    brokers: list[Mosquitto] = []
-
-    def start(**options: Any) -> Mosquitto:
-        try:
-            broker = Mosquitto(tmp_path / f"mosquitto{len(brokers)}", **options)
-            brokers.append(broker)
-            broker.start()
-        except ServiceError as exc:
-            pytest.fail(f"cannot start Mosquitto for the integration tests: {exc}", pytrace=False)
-        return broker
-
-    try:
-        yield start
-    finally:
-        for broker in brokers:
-            broker.stop()
 
 
 @contextlib.contextmanager
