@@ -19,6 +19,7 @@ import httpx
 from collector.config import InfluxDBConfig
 
 __all__ = [
+    "STATEMENTS_PER_REQUEST",
     "InfluxQL",
     "QueryError",
     "Series",
@@ -27,6 +28,10 @@ __all__ = [
     "regex_any",
     "time_literal",
 ]
+
+
+# Statements sent in one request by `query_each`: a year by day is a few hundred kilobytes.
+STATEMENTS_PER_REQUEST = 100
 
 
 class QueryError(Exception):
@@ -159,3 +164,32 @@ class InfluxQL:
         """Run one statement; its series."""
         (answer,) = self.query(statement)
         return answer
+
+    def query_each(
+        self, statements: Sequence[str], *, per_request: int = STATEMENTS_PER_REQUEST
+    ) -> list[list[Series]]:
+        """One answer per statement, in as few requests as the server takes: many statements per
+        request on InfluxDB 1.x and 2.x, one by one on a server that answers only the first or
+        refuses several (the v1 API of InfluxDB 3). After a failed statement InfluxDB 1.x runs
+        none of the next ones and may blame another, so a failed request is run again statement
+        by statement: the error raised is the failing statement's own."""
+        answers: list[list[Series]] = []
+        first = 0
+        while first < len(statements):
+            chunk = statements[first : first + per_request]
+            try:
+                answer = self.query(";\n".join(chunk))
+            except QueryError:
+                if len(chunk) == 1:
+                    raise
+                answer = self.query_each(chunk, per_request=1)
+            if len(answer) != len(chunk):
+                if len(chunk) == 1:
+                    raise QueryError(
+                        f"InfluxDB at {self.url}: {len(answer)} answers to one statement"
+                    )
+                per_request = 1
+                continue
+            answers += answer
+            first += len(chunk)
+        return answers

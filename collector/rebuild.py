@@ -50,7 +50,6 @@ __all__ = [
 HOUR_MS = 3_600_000
 _INTEGERS = frozenset({"produced", "rejected", "micro_stops"})
 _FIELDS = (*UTILIZATION_SECONDS, *UTILIZATION_COUNTS)
-_STATEMENTS_PER_REQUEST = 50
 
 
 def hour_span(start_ms: int, end_ms: int) -> tuple[int, int]:
@@ -146,11 +145,9 @@ def rebuilt_points(
         None,
     )
     days = day_span(ShiftCalendar(config.calendar, config.timezone), start_ms, end_ms)
-    for index in range(0, len(days), _STATEMENTS_PER_REQUEST):
-        chunk = days[index : index + _STATEMENTS_PER_REQUEST]
-        statements = ";\n".join(sums_statement(config, b, e, machines) for b, e in chunk)
-        for (begin, _), answer in zip(chunk, db.query(statements), strict=True):
-            points += _points(answer, config, UTILIZATION_DAILY, begin)
+    statements = [sums_statement(config, b, e, machines) for b, e in days]
+    for (begin, _), answer in zip(days, db.query_each(statements), strict=True):
+        points += _points(answer, config, UTILIZATION_DAILY, begin)
     return points
 
 

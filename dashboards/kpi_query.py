@@ -19,7 +19,6 @@ from collector.config import Config, Machine
 from collector.influxql import (
     InfluxQL,
     QueryError,
-    Series,
     quote_ident,
     quote_string,
     regex_any,
@@ -52,8 +51,6 @@ __all__ = [
 Grouping = Literal["machine", "sector", "shift", "day", "week", "month"]
 GROUPINGS: tuple[Grouping, ...] = ("machine", "sector", "shift", "day", "week", "month")
 
-# Statements per request: a year by day is one request of a few hundred kilobytes at most.
-_STATEMENTS_PER_REQUEST = 100
 _FIELDS = UTILIZATION_SECONDS + UTILIZATION_COUNTS
 HOUR_MS = 3_600_000
 # The collector writes an hour's (a day's) sums once its last minute is rolled up: at most
@@ -219,7 +216,7 @@ def kpis(
         for _, measurement, part in parts
     ]
     try:
-        answers = _answers(db, statements)
+        answers = db.query_each(statements)
     except QueryError as exc:
         if not hourly or "retention policy not found" not in str(exc):
             raise
@@ -289,31 +286,6 @@ def kpis(
             )
         )
     return rows
-
-
-def _answers(db: InfluxQL, statements: Sequence[str]) -> list[list[Series]]:
-    """One answer per statement, in as few requests as the server takes: many statements per
-    request on InfluxDB 1.x and 2.x, one by one on a server that refuses or drops the others (the
-    v1 API of InfluxDB 3 runs one statement per request)."""
-    answers: list[list[Series]] = []
-    per_request = _STATEMENTS_PER_REQUEST
-    first = 0
-    while first < len(statements):
-        chunk = statements[first : first + per_request]
-        try:
-            answer = db.query(";\n".join(chunk))
-        except QueryError:
-            if len(chunk) == 1:
-                raise
-            answer = []  # a real error comes back again from the first statement alone
-        if len(answer) != len(chunk):
-            if len(chunk) == 1:
-                raise QueryError(f"InfluxDB at {db.url}: {len(answer)} answers to one statement")
-            per_request = 1
-            continue
-        answers += answer
-        first += len(chunk)
-    return answers
 
 
 def _labels(

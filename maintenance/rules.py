@@ -233,34 +233,14 @@ class _NoRollups(Exception):
     """The retention policy of the hourly and daily sums is not on this server."""
 
 
-def _run(
-    db: InfluxQL, statements: Sequence[str], per_request: int = _STATEMENTS_PER_REQUEST
-) -> Answers:
-    """One answer per statement, in as few requests as the server takes: many statements per
-    request on InfluxDB 1.x and 2.x, one by one on a server that answers only the first (the v1
-    API of InfluxDB 3). After a failed statement InfluxDB 1.x runs none of the next ones and may
-    blame another, so a failed request is run again statement by statement to find the cause."""
-    answers: Answers = []
-    first = 0
-    while first < len(statements):
-        chunk = statements[first : first + per_request]
-        try:
-            answer = db.query(";\n".join(chunk))
-        except QueryError as exc:
-            if len(chunk) > 1:
-                answer = _run(db, chunk, per_request=1)
-            elif _NO_POLICY in str(exc):
-                raise _NoRollups from exc
-            else:
-                raise
-        if len(answer) != len(chunk):
-            if len(chunk) == 1:
-                raise QueryError(f"InfluxDB at {db.url}: {len(answer)} answers to one statement")
-            per_request = 1
-            continue
-        answers += answer
-        first += len(chunk)
-    return answers
+def _run(db: InfluxQL, statements: Sequence[str]) -> Answers:
+    """Every statement's answer (InfluxQL.query_each); a missing policy of the sums says so."""
+    try:
+        return db.query_each(statements, per_request=_STATEMENTS_PER_REQUEST)
+    except QueryError as exc:
+        if _NO_POLICY in str(exc):
+            raise _NoRollups from exc
+        raise
 
 
 def _by_machine(answer: list[Series]) -> dict[str, list[dict[str, Any]]]:

@@ -183,6 +183,25 @@ async def test_a_failing_statement_among_several_is_an_error(influxdb: InfluxDBD
     )
 
 
+async def test_query_each_batches_and_names_the_failing_statement(
+    influxdb: InfluxDBDatabase,
+) -> None:
+    await write(influxdb, [Point("m", {}, {"v": float(i)}, T0 + i) for i in range(3)])
+    statements = [f'SELECT "v" FROM "m" WHERE time = {T0 + i}ms' for i in range(5)]
+    with client(influxdb) as db:
+        answers = db.query_each(statements, per_request=2)
+        assert [[r["v"] for s in a for r in s.rows] for a in answers] == [
+            [0.0],
+            [1.0],
+            [2.0],
+            [],
+            [],
+        ]
+        bad = 'SELECT "v" FROM "m" GROUP BY time(1h)'
+        with pytest.raises(QueryError, match="GROUP BY requires at least one aggregate"):
+            db.query_each([statements[0], bad, statements[1]])
+
+
 def test_a_missing_database_is_an_error(influxdb: InfluxDBDatabase) -> None:
     with client(influxdb) as db, pytest.raises(QueryError) as caught:
         db.query('SELECT "v" FROM "m"')
