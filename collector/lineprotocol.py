@@ -12,7 +12,15 @@ from collections.abc import Iterable
 
 from collector.schema import FieldValue, Point
 
-__all__ = ["InvalidPointError", "drop_nonfinite", "encode_batch", "encode_point"]
+__all__ = [
+    "InvalidPointError",
+    "decode_line",
+    "drop_nonfinite",
+    "encode_batch",
+    "encode_point",
+    "line_measurement",
+    "line_time_ms",
+]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -162,3 +170,105 @@ def _value(point: Point, value: FieldValue) -> str:
         # Line breaks are legal inside a quoted string field value.
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise InvalidPointError(point, f"unsupported field value type {type(value).__name__}")
+
+
+# Reading lines back: the buffer keeps lines, and a few places (the sink's routing by measurement,
+# `aguante buffer`, the in-memory sink of the tests) need to look into them again.
+
+
+def line_measurement(line: str) -> str:
+    """The measurement of a line this module encoded, unescaped."""
+    end = _unescaped_index(line, ", ", 0)
+    return line[:end].replace("\\,", ",").replace("\\ ", " ")
+
+
+def line_time_ms(line: str) -> int:
+    """The time stamp (ms) of a line this module encoded: always its last word."""
+    return int(line[line.rindex(" ") + 1 :])
+
+
+def decode_line(line: str) -> Point:
+    """The point a line encoded by `encode_point` stands for (the inverse of `encode_point`).
+
+    Raises `ValueError` naming the problem for a line that is not such a line.
+    """
+    try:
+        return _decode(line)
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"not a line of line protocol ({exc}): {line[:200]!r}") from None
+
+
+def _decode(line: str) -> Point:
+    end = _unescaped_index(line, ", ", 0)
+    measurement = line[:end].replace("\\,", ",").replace("\\ ", " ")
+    tags: dict[str, str] = {}
+    position = end
+    while line[position] == ",":
+        equals = _unescaped_index(line, "=", position + 1)
+        stop = _unescaped_index(line, ", ", equals + 1)
+        tags[_unescape(line[position + 1 : equals])] = _unescape(line[equals + 1 : stop])
+        position = stop
+    fields: dict[str, FieldValue] = {}
+    position += 1  # the space before the fields
+    while True:
+        equals = _unescaped_index(line, "=", position)
+        key = _unescape(line[position:equals])
+        start = equals + 1
+        if line[start] == '"':
+            stop, value = _string_value(line, start)
+            fields[key] = value
+        else:
+            stop = _unescaped_index(line, ", ", start)
+            fields[key] = _number_value(line[start:stop])
+        position = stop + 1
+        if line[stop] == " ":
+            break
+    time_ms = int(line[position:])
+    return Point(measurement, tags, fields, time_ms)
+
+
+def _unescaped_index(line: str, chars: str, start: int) -> int:
+    """Index of the first of `chars` at or after `start` that no backslash escapes."""
+    position = start
+    while True:
+        if position >= len(line):
+            raise ValueError(f"expected one of {chars!r} after column {start}")
+        char = line[position]
+        if char == "\\" and position + 1 < len(line) and line[position + 1] in ", =":
+            position += 2
+            continue
+        if char in chars:
+            return position
+        position += 1
+
+
+def _unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
+    return text.replace("\\,", ",").replace("\\ ", " ").replace("\\=", "=")
+
+
+def _string_value(line: str, start: int) -> tuple[int, str]:
+    chars = []
+    position = start + 1
+    while True:
+        char = line[position]
+        if char == "\\" and line[position + 1] in '"\\':
+            chars.append(line[position + 1])
+            position += 2
+        elif char == '"':
+            return position + 1, "".join(chars)
+        else:
+            chars.append(char)
+            position += 1
+
+
+def _number_value(text: str) -> FieldValue:
+    if text.endswith("i"):
+        return int(text[:-1])
+    if text in ("true", "false"):
+        return text == "true"
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is no storable number")
+    return value

@@ -44,9 +44,15 @@ class RejectedWriteError(WriteError):
 
 
 class Sink(Protocol):
-    """Where delivered points go. Used as `async with sink: await sink.write(points)`."""
+    """Where delivered points go. Used as `async with sink: await sink.write(points)`.
+
+    `write_lines` takes lines already encoded by `collector.lineprotocol.encode_point`, as the
+    buffer keeps them; `write` encodes points first (a point no server can store is refused with
+    `RejectedWriteError`, its `repr` as the line)."""
 
     async def write(self, points: Sequence[Point]) -> None: ...
+
+    async def write_lines(self, lines: Sequence[str]) -> None: ...
 
     async def __aenter__(self) -> Self: ...
 

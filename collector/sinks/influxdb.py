@@ -14,7 +14,7 @@ from typing import Self
 import httpx
 
 from collector.config import InfluxDBConfig
-from collector.lineprotocol import InvalidPointError, encode_point
+from collector.lineprotocol import InvalidPointError, encode_point, line_measurement
 from collector.schema import UTILIZATION_DAILY, UTILIZATION_HOURLY, Point
 from collector.sinks import AuthWriteError, RejectedWriteError, RetryableWriteError, WriteError
 
@@ -161,24 +161,16 @@ class InfluxDBSink:
         """Write the batch. Raises `RejectedWriteError` after writing every point but the refused
         ones, `RetryableWriteError` or `AuthWriteError` when the batch must be sent again."""
         lines: list[str] = []
-        encoded: list[Point] = []
         refused: list[tuple[str, str]] = []
         for point in points:
             try:
                 lines.append(encode_point(point))
             except InvalidPointError as exc:
                 refused.append((repr(point), exc.reason))
-            else:
-                encoded.append(point)
-        if not self._database_ready:
-            await self._create_database()
-        if lines:
-            by_policy: dict[str | None, list[str]] = {}
-            for point, line in zip(encoded, lines, strict=True):
-                policy = self.retention_policies.get(point.measurement, self.retention_policy)
-                by_policy.setdefault(policy, []).append(line)
-            for policy, group in by_policy.items():
-                refused += await self._write_policy(group, policy)
+        try:
+            await self.write_lines(lines)
+        except RejectedWriteError as exc:
+            refused += zip(exc.lines, exc.reasons, strict=True)
         if refused:
             raise RejectedWriteError(
                 f"InfluxDB at {self.url}: refused {len(refused)} of {len(points)} points, "
@@ -186,6 +178,35 @@ class InfluxDBSink:
                 lines=[line for line, _ in refused],
                 reasons=[reason for _, reason in refused],
             )
+
+    async def write_lines(self, lines: Sequence[str]) -> None:
+        """Write encoded lines, each to its measurement's retention policy; raises as `write`."""
+        if not self._database_ready:
+            await self._create_database()
+        if not lines:
+            return
+        by_policy: dict[str | None, list[str]] = {}
+        routed = self._routed_prefixes()
+        for line in lines:
+            policy = self.retention_policy
+            if routed and line.startswith(routed):
+                policy = self.retention_policies.get(line_measurement(line), policy)
+            by_policy.setdefault(policy, []).append(line)
+        refused: list[tuple[str, str]] = []
+        for policy, group in by_policy.items():
+            refused += await self._write_policy(group, policy)
+        if refused:
+            raise RejectedWriteError(
+                f"InfluxDB at {self.url}: refused {len(refused)} of {len(lines)} lines, "
+                f"first because {refused[0][1]}",
+                lines=[line for line, _ in refused],
+                reasons=[reason for _, reason in refused],
+            )
+
+    def _routed_prefixes(self) -> tuple[str, ...]:
+        # Lines of a routed measurement start with its (escaped) name and a comma or a space:
+        # a cheap test first, the measurement itself parsed only for those.
+        return tuple(_escaped_measurement(m) + end for m in self.retention_policies for end in ", ")
 
     async def _write_policy(self, lines: list[str], policy: str | None) -> list[tuple[str, str]]:
         if policy == self.retention_policy:
@@ -322,6 +343,10 @@ class InfluxDBSink:
             )
         # 5xx, 429 and anything unexpected: hold the data and try again, never drop it.
         return RetryableWriteError(f"{where}: HTTP {status}: {reason}")
+
+
+def _escaped_measurement(name: str) -> str:
+    return name.replace(",", "\\,").replace(" ", "\\ ")
 
 
 def _server_reason(response: httpx.Response) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
 
+from collector.lineprotocol import decode_line
 from collector.schema import Point
 from collector.sinks import RejectedWriteError, WriteError
 
@@ -56,18 +57,28 @@ class MemorySink:
     ) -> None:
         self.exited = True
 
-    async def write(self, points: Sequence[Point]) -> None:
+    async def write_lines(self, lines: Sequence[str]) -> None:
+        """Decoded back into points: what a test compares is what InfluxDB would have stored."""
+        await self.write([decode_line(line) for line in lines], lines=lines)
+
+    async def write(self, points: Sequence[Point], *, lines: Sequence[str] | None = None) -> None:
         self.attempts += 1
         await self._open.wait()
         if self._failures:
             raise self._failures.pop(0)
-        refused = [(p, r) for p in points if self.reject and (r := self.reject(p)) is not None]
-        kept = [p for p in points if not any(p is q for q, _ in refused)]
+        texts = list(lines) if lines is not None else [repr(p) for p in points]
+        refused = [
+            (text, reason)
+            for point, text in zip(points, texts, strict=True)
+            if self.reject and (reason := self.reject(point)) is not None
+        ]
+        refused_texts = {text for text, _ in refused}
+        kept = [p for p, text in zip(points, texts, strict=True) if text not in refused_texts]
         self.batches.append(kept)
         self.points.extend(kept)
         if refused:
             raise RejectedWriteError(
                 f"memory sink: refused {len(refused)} of {len(points)} points",
-                lines=[repr(p) for p, _ in refused],
+                lines=[text for text, _ in refused],
                 reasons=[reason for _, reason in refused],
             )

@@ -6,10 +6,20 @@ import math
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import collector.lineprotocol as lineprotocol
-from collector.lineprotocol import InvalidPointError, drop_nonfinite, encode_batch, encode_point
-from collector.schema import Point
+from collector.lineprotocol import (
+    InvalidPointError,
+    decode_line,
+    drop_nonfinite,
+    encode_batch,
+    encode_point,
+    line_measurement,
+    line_time_ms,
+)
+from collector.schema import FieldValue, Point
 from tests.conftest import InfluxDBDatabase
 from tests.services import quote_ident
 
@@ -157,3 +167,47 @@ def test_hostile_names_and_strings_round_trip(influxdb: InfluxDBDatabase) -> Non
             f"WITH KEY = {quote_ident(point.measurement + ' tag')}"
         )
         assert [r["value"] for r in tag_values] == ["x"]
+
+
+# Names the encoder accepts: no line breaks, no backslash before a special character or at the end.
+_names = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\n\r"),
+    min_size=1,
+    max_size=12,
+).filter(lambda name: not name.startswith("#") and not _unwritable(name))
+
+
+def _unwritable(name: str) -> bool:
+    return any(
+        c == "\\" and (i + 1 == len(name) or name[i + 1] in ", =") for i, c in enumerate(name)
+    )
+
+
+_values = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=20),
+)
+
+
+@given(
+    measurement=_names,
+    tags=st.dictionaries(_names, _names, max_size=4),
+    fields=st.dictionaries(_names, _values, min_size=1, max_size=5),
+    time_ms=st.integers(min_value=0, max_value=4_102_444_800_000),
+)
+def test_decoding_a_line_gives_back_the_point(
+    measurement: str, tags: dict[str, str], fields: dict[str, FieldValue], time_ms: int
+) -> None:
+    point = Point(measurement, tags, fields, time_ms)
+    line = encode_point(point)
+    assert decode_line(line) == point
+    assert line_measurement(line) == measurement
+    assert line_time_ms(line) == time_ms
+
+
+@pytest.mark.parametrize("line", ["", "m", "m v=1", "m v= 1", 'm v="open 1', "m v=nan 1"])
+def test_what_is_not_a_line_is_refused_by_name(line: str) -> None:
+    with pytest.raises(ValueError, match="not a line of line protocol"):
+        decode_line(line)
