@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from collector.buffer import DiskBuffer
 from collector.capacity import CapacityTracker
 from collector.config import Config
 from collector.delivery import Delivery
@@ -39,6 +40,7 @@ class Collector:
         sink: Sink,
         sources: Sequence[Source] | None = None,
         quarantine_path: Path | None = None,
+        buffer_path: Path | None = None,
         flush_timeout: float = 10.0,
         restart_delay: float = SOURCE_RESTART_DELAY,
         state_path: Path | None = None,
@@ -49,6 +51,7 @@ class Collector:
         self.sink = sink
         self.sources = list(build_sources(config) if sources is None else sources)
         self._quarantine = quarantine_path or Path(config.influxdb.quarantine_file)
+        self._buffer_path = buffer_path or Path(config.buffer.directory)
         self._flush_timeout = flush_timeout
         self._restart_delay = restart_delay
         sectors = {m.id: m.sector for m in config.machines}
@@ -68,7 +71,15 @@ class Collector:
         return Point(READING, self._tags[reading.machine], reading.values, reading.time_ms)
 
     async def run(self, stop: asyncio.Event) -> None:
-        influx = self.config.influxdb
+        influx, settings = self.config.influxdb, self.config.buffer
+        buffer = DiskBuffer(
+            self._buffer_path,
+            max_bytes=settings.max_bytes,
+            segment_bytes=settings.segment_bytes,
+            fsync_interval=settings.fsync_interval,
+            when_full=settings.when_full,
+            cache_lines=influx.max_buffered_points,
+        )
         delivery = Delivery(
             self.sink,
             batch_size=influx.batch_size,
@@ -76,6 +87,7 @@ class Collector:
             max_points=influx.max_buffered_points,
             quarantine_path=self._quarantine,
             close_timeout=self._flush_timeout,
+            buffer=buffer,
         )
         self.delivery = delivery
         if any(m.state is not None for m in self.config.machines):
@@ -172,10 +184,15 @@ class Collector:
             tags = {"factory": self.config.factory, "sector": "_collector", "machine": "_buffer"}
             buffer_fields: dict[str, bool | int | float | str] = {
                 "buffer_depth": stats.depth,
+                "buffer_bytes": stats.size_bytes,
+                "backlog_s": round(stats.backlog_s, 3),
+                "write_rate": round(stats.write_rate, 1),
+                "draining": stats.draining,
                 "written": stats.written,
                 "retried": stats.retried,
                 "quarantined": stats.quarantined,
                 "dropped": stats.dropped,
+                "corrupt": stats.corrupt,
             }
             points.append(Point(COLLECTOR, tags, buffer_fields, now))
         return points

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from collector.buffer_cli import register as register_buffer
 from collector.config import (
     LANGUAGES,
     Config,
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lang", choices=LANGUAGES, help="language of the output (default: the config's)"
     )
     rollup.set_defaults(func=_rollup)
+    register_buffer(commands)
 
     for entry in sorted(entry_points(group="aguante.commands"), key=lambda e: e.name):
         try:
@@ -203,6 +205,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _collect(args: argparse.Namespace) -> int:
     from collector.app import Collector
+    from collector.buffer import BufferError
     from collector.sinks.influxdb import InfluxDBSink
 
     try:
@@ -225,7 +228,11 @@ def _collect(args: argparse.Namespace) -> int:
         )
         await collector.run(stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except BufferError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     return 0
 
 

@@ -22,6 +22,7 @@ import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     ValidationError,
@@ -39,6 +40,7 @@ __all__ = [
     "RULE_KINDS",
     "WEEKDAYS",
     "Break",
+    "BufferConfig",
     "Calendar",
     "CalendarChange",
     "Condition",
@@ -171,7 +173,12 @@ class InfluxDBConfig(_Model):
     timeout: float = Field(5.0, gt=0, le=120)
     batch_size: int = Field(5000, ge=1, le=50_000)
     flush_interval: float = Field(1.0, gt=0, le=60)
-    max_buffered_points: int = Field(1_000_000, ge=1000)
+    max_buffered_points: int = Field(
+        100_000,
+        ge=1000,
+        description="Lines kept in memory ahead of the writer; beyond them (a long outage) they "
+        "are read back from the disk buffer, so memory stays bounded.",
+    )
     quarantine_file: str = Field(
         "aguante-quarantine.jsonl",
         description="Where lines InfluxDB refuses for good are kept for a later replay.",
@@ -192,6 +199,51 @@ class InfluxDBConfig(_Model):
         if not re.match(r"^https?://[^/\s]+", url):
             raise ValueError(f"{url!r} is not an http(s) URL, e.g. http://127.0.0.1:8086")
         return url.rstrip("/")
+
+
+class BufferConfig(_Model):
+    """The durable buffer between the collector and InfluxDB (docs/buffer.md)."""
+
+    directory: str = Field(
+        "aguante-buffer",
+        description="Where readings wait on disk until InfluxDB has stored them; one directory "
+        "per collector.",
+    )
+    max_bytes: ByteSize = Field(
+        ByteSize(4 * 1024**3),
+        description="Size limit on disk, e.g. 4GiB or 500MB; see when_full.",
+    )
+    segment_bytes: ByteSize = Field(
+        ByteSize(32 * 1024**2),
+        description="Size of one segment file; the buffer drops or deletes whole segments.",
+    )
+    fsync_interval: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="At most this many seconds of readings are at risk on a power cut (a killed "
+        "process loses nothing); 0 syncs every write, which wears SD cards.",
+    )
+    when_full: Literal["drop_oldest", "drop_newest"] = Field(
+        "drop_oldest",
+        description="What to lose when max_bytes is reached: the oldest segment, or the newest "
+        "readings. Either way it is counted (collector measurement, `dropped`) and logged.",
+    )
+
+    @model_validator(mode="after")
+    def _segments_fit(self) -> BufferConfig:
+        if self.segment_bytes < 4096:
+            raise _FieldProblem(
+                "segment_bytes", f"{self.segment_bytes.human_readable()} is less than 4 KiB"
+            )
+        if self.max_bytes < 4 * self.segment_bytes:
+            raise _FieldProblem(
+                "max_bytes",
+                f"{self.max_bytes.human_readable()} is less than 4 × segment_bytes "
+                f"({self.segment_bytes.human_readable()}); "
+                "when full the buffer drops a whole segment, which must be a small part of it",
+            )
+        return self
 
 
 class Sector(_Model):
@@ -1192,6 +1244,7 @@ class Config(_Model):
         "aguante-state.json",
         description="Where the collector keeps machine states and counters across restarts.",
     )
+    buffer: BufferConfig = BufferConfig()
     calendar: Calendar = Calendar()
     stop_reasons: list[StopReason] = Field(
         default_factory=lambda: list(DEFAULT_STOP_REASONS),
@@ -1556,6 +1609,9 @@ def _problems(exc: ValidationError) -> list[ConfigProblem]:
         elif kind == "literal_error":
             expected = error.get("ctx", {}).get("expected", "")
             message = f"{error['input']!r} is not allowed; expected {expected}"
+        elif kind.startswith("byte_size"):
+            message = f"{error['input']!r} is not a size"
+            hint = "write it as 4GiB, 500MB or a number of bytes"
         problems.append(ConfigProblem(path, message, hint))
     return problems
 

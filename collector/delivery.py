@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
-from collector.lineprotocol import drop_nonfinite
+from collector.lineprotocol import InvalidPointError, drop_nonfinite, encode_point, line_time_ms
 from collector.schema import Point
 from collector.sinks import AuthWriteError, RejectedWriteError, Sink, WriteError
 
@@ -25,38 +25,71 @@ __all__ = ["Buffer", "Delivery", "DeliveryStats", "MemoryBuffer"]
 
 log = logging.getLogger(__name__)
 
+RATE_WINDOW = 10.0  # seconds over which `write_rate` is measured
+
 
 class Buffer(Protocol):
-    """Points waiting for the sink, oldest first. `take` hands out the oldest points without
-    removing them; `ack` removes what the last `take` handed out, once it is stored."""
+    """Lines of line protocol waiting for the sink, oldest first. `take` hands out the oldest
+    lines without removing them; `ack` removes what the last `take` handed out, once stored.
+    `collector.buffer.DiskBuffer` keeps them on disk; `MemoryBuffer` is for tests and tools."""
 
     @property
     def depth(self) -> int: ...
 
-    def put(self, points: Sequence[Point]) -> int:
-        """Add points; returns how many of the oldest were dropped to stay within bounds."""
+    @property
+    def size_bytes(self) -> int: ...
+
+    @property
+    def when_full(self) -> str:
+        """Which lines `put` drops when full: "drop_oldest" or "drop_newest"."""
         ...
 
-    def take(self, max_n: int) -> list[Point]: ...
+    @property
+    def corrupt_lines(self) -> int: ...
+
+    def put(self, lines: Sequence[str]) -> int:
+        """Add lines; returns how many lines were dropped to stay within bounds."""
+        ...
+
+    def take(self, max_n: int) -> list[str]: ...
 
     def ack(self) -> None: ...
 
+    @property
+    def fsync_interval(self) -> float:
+        """Seconds between `sync` calls; 0 when the buffer needs none from outside."""
+        ...
+
+    def sync(self) -> None:
+        """Make what was put durable; called from a thread, so it must be thread-safe."""
+        ...
+
+    def close(self) -> None: ...
+
 
 class MemoryBuffer:
-    """A bounded in-memory `Buffer`. Drops the oldest points that are not being sent."""
+    """A bounded in-memory `Buffer`. Drops the oldest lines that are not being sent."""
+
+    corrupt_lines = 0
+    when_full = "drop_oldest"
+    fsync_interval = 0.0  # nothing to make durable
+
+    def __repr__(self) -> str:
+        return f"the delivery buffer ({self.max_points} lines in memory)"
 
     def __init__(self, max_points: int) -> None:
         self.max_points = max_points
-        self._waiting: deque[Point] = deque()
-        self._taken: list[Point] = []
+        self._waiting: deque[str] = deque()
+        self._taken: list[str] = []
+        self.size_bytes = 0
 
     @property
     def depth(self) -> int:
         return len(self._waiting) + len(self._taken)
 
-    def put(self, points: Sequence[Point]) -> int:
+    def put(self, lines: Sequence[str]) -> int:
         waiting = self._waiting
-        waiting.extend(points)
+        waiting.extend(lines)
         excess = len(waiting) + len(self._taken) - self.max_points
         if excess <= 0:
             return 0  # the usual case: called for every reading
@@ -66,7 +99,7 @@ class MemoryBuffer:
             waiting.popleft()
         return excess
 
-    def take(self, max_n: int) -> list[Point]:
+    def take(self, max_n: int) -> list[str]:
         if not self._taken:
             n = min(max_n, len(self._waiting))
             self._taken = [self._waiting.popleft() for _ in range(n)]
@@ -75,30 +108,44 @@ class MemoryBuffer:
     def ack(self) -> None:
         self._taken = []
 
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
 
 @dataclass(frozen=True, slots=True)
 class DeliveryStats:
     """Counters since start; `depth` and `last_*` are current values."""
 
-    depth: int
+    depth: int  # lines waiting, in the buffer
+    size_bytes: int  # the buffer's size (on disk for the durable buffer)
     written: int
     retried: int
     quarantined: int
-    dropped: int
+    dropped: int  # lines dropped because the buffer was full
+    corrupt: int  # lines the buffer could not read back (torn or corrupt records)
     nonfinite_fields: int
     unsent: int
     last_error: str | None
     last_write_s: float | None
     max_write_s: float | None
+    backlog_s: float  # how old the oldest line waiting is (its time stamp), 0 when none
+    write_rate: float  # lines stored per second over the last RATE_WINDOW seconds
+    draining: bool  # a backlog from an outage is being written
 
 
 class Delivery:
     """Delivers submitted points through `sink`, at least once and in order.
 
-    `async with Delivery(sink, quarantine_path=...) as delivery: delivery.submit(points)`.
-    Retryable and auth errors are retried with capped exponential backoff and jitter (auth errors
-    at the cap: a person must act); lines the server refuses go to `quarantine_path`, one JSON
-    object per line (time, reason, line); past `max_points` the oldest points are dropped.
+    `async with Delivery(sink, quarantine_path=..., buffer=DiskBuffer(...)) as delivery:
+    delivery.submit(points)`. Points are encoded once, into the buffer (in memory, bounded by
+    `max_points`, when none is given); batches of the oldest lines go to the sink and leave the
+    buffer only once stored. Retryable and auth errors are retried with capped exponential
+    backoff and jitter (auth errors at the cap: a person must act); lines the server refuses,
+    and points no server could store, go to `quarantine_path`, one JSON object per line (time,
+    reason, line or point). The delivery closes the buffer when it closes.
     """
 
     def __init__(
@@ -135,10 +182,10 @@ class Delivery:
         self.retry_max = retry_max
         self.close_timeout = close_timeout
         self._buffer: Buffer = buffer if buffer is not None else MemoryBuffer(max_points)
-        self._max_points = max_points
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None
         self._random = random.Random()
         self._down_since: float | None = None
         self._down_kind: type[Exception] | None = None
@@ -152,10 +199,18 @@ class Delivery:
         self._last_error: str | None = None
         self._last_write_s: float | None = None
         self._max_write_s: float | None = None
+        self._oldest_ms: int | None = None
+        self._recent_writes: deque[tuple[float, int]] = deque()  # (when, lines) stored
+        self._draining = False
+        self._drain_started = (0.0, 0, 0)
+        self._dropped_lately = False  # since the last batch stored
+        self._durable = not isinstance(self._buffer, MemoryBuffer)
 
     async def __aenter__(self) -> Self:
         await self.sink.__aenter__()
         self._task = asyncio.create_task(self._run(), name=f"delivery to {self.sink!r}")
+        if self._buffer.fsync_interval > 0:
+            self._sync_task = asyncio.create_task(self._sync(), name="buffer fsync")
         return self
 
     async def __aexit__(
@@ -167,51 +222,79 @@ class Delivery:
         await self.close(self.close_timeout)
 
     def submit(self, points: Sequence[Point]) -> None:
-        """Queue points for delivery; never blocks. NaN/±inf fields are left out and counted."""
+        """Queue points for delivery; never blocks. NaN/±inf fields are left out and counted;
+        a point no server can store (a name InfluxDB cannot hold) goes to quarantine at once."""
         if self._closing:
             raise RuntimeError("Delivery is closed: submit() after close() would lose points")
-        storable: list[Point] = []
+        lines: list[str] = []
         for point in points:
             kept, nonfinite = drop_nonfinite(point)
-            self._nonfinite += nonfinite
-            if kept.fields:
-                storable.append(kept)
-        dropped = self._buffer.put(storable)
+            if nonfinite:
+                self._nonfinite += nonfinite
+                if not kept.fields:
+                    continue
+            try:
+                lines.append(encode_point(kept))
+            except InvalidPointError as exc:
+                self._keep_refused([("point", repr(kept), exc.reason)], str(exc))
+        dropped = self._buffer.put(lines)
         if dropped:
             if not self._dropping:
-                log.warning(
-                    "delivery buffer full (%d points) while %s is not keeping up: "
-                    "dropping the oldest points",
-                    self._max_points,
+                log.error(
+                    "%r is full while %s is not keeping up: dropping the %s lines (counted as "
+                    "`dropped`); give the buffer more room or fix the writes",
+                    self._buffer,
                     self.sink,
+                    "newest" if self._buffer.when_full == "drop_newest" else "oldest",
                 )
             self._dropping += dropped
             self._dropped += dropped
+            self._dropped_lately = True
         if self._buffer.depth >= self.batch_size:
             self._wake.set()
 
     def stats(self) -> DeliveryStats:
+        now = time.monotonic()
+        recent = self._recent_writes
+        while recent and recent[0][0] < now - RATE_WINDOW:
+            recent.popleft()
+        rate = sum(n for _, n in recent) / RATE_WINDOW
+        oldest = self._oldest_ms
+        backlog = max(0.0, time.time() - oldest / 1000) if oldest is not None else 0.0
         return DeliveryStats(
             depth=self._buffer.depth,
+            size_bytes=self._buffer.size_bytes,
             written=self._written,
             retried=self._retried,
             quarantined=self._quarantined,
             dropped=self._dropped,
+            corrupt=self._buffer.corrupt_lines,
             nonfinite_fields=self._nonfinite,
             unsent=self._unsent,
             last_error=self._last_error,
             last_write_s=self._last_write_s,
             max_write_s=self._max_write_s,
+            backlog_s=backlog if self._buffer.depth else 0.0,
+            write_rate=rate,
+            draining=self._draining,
         )
 
     # A deadline argument, not asyncio.timeout: on expiry close still counts and logs the rest.
     async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
-        """Write what is held, for at most `timeout` seconds; log and count what is left."""
+        """Write what is held, for at most `timeout` seconds (none while the sink is down and the
+        buffer is on disk: the lines wait there for the next start); log what is left."""
         if self._task is None:
             return
         task, self._task = self._task, None
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+            self._sync_task = None
         self._closing = True
         self._wake.set()
+        if self._durable and self._down_since is not None:
+            timeout = 0  # the sink is down and the lines are safe on disk: no use waiting
         try:
             _, pending = await asyncio.wait({task}, timeout=timeout)
             if pending:
@@ -223,14 +306,28 @@ class Delivery:
             self._unsent = self._buffer.depth
             if self._unsent:
                 log.error(
-                    "could not write %d points to %s within %s s of closing (last error: %s)",
+                    "could not write %d points to %s within %s s of closing (last error: %s)%s",
                     self._unsent,
                     self.sink,
                     timeout,
                     self._last_error,
+                    "; they wait in the buffer for the next start" if self._durable else "",
                 )
         finally:
-            await self.sink.__aexit__(None, None, None)
+            try:
+                self._buffer.close()
+            finally:
+                await self.sink.__aexit__(None, None, None)
+
+    async def _sync(self) -> None:
+        # In a thread: an fsync on a slow SD card takes tens of milliseconds, which the event
+        # loop, polling the machines, must not wait for.
+        while True:
+            await asyncio.sleep(self._buffer.fsync_interval)
+            try:
+                await asyncio.to_thread(self._buffer.sync)
+            except OSError as exc:
+                log.error("cannot sync the buffer to disk: %s", exc)
 
     async def _run(self) -> None:
         delay = self.retry_initial
@@ -242,14 +339,17 @@ class Delivery:
                 self._wake.clear()
             batch = self._buffer.take(self.batch_size)
             if not batch:
+                self._oldest_ms = None
                 if self._closing:
                     return
                 continue
+            self._oldest_ms = _time_ms(batch[0])
             started = time.monotonic()
             try:
-                await self.sink.write(batch)
+                await self.sink.write_lines(batch)
             except RejectedWriteError as exc:
-                self._quarantine(exc)
+                refused = zip(exc.lines, exc.reasons, strict=True)
+                self._keep_refused([("line", line, why) for line, why in refused], exc.reason)
                 self._stored(len(batch) - len(exc.lines), time.monotonic() - started)
                 delay = self.retry_initial
             except Exception as exc:  # any failure holds the batch: only a write stores it
@@ -265,19 +365,38 @@ class Delivery:
     def _stored(self, n: int, seconds: float) -> None:
         self._buffer.ack()
         self._written += n
+        now = time.monotonic()
+        self._recent_writes.append((now, n))
+        while self._recent_writes[0][0] < now - RATE_WINDOW:
+            self._recent_writes.popleft()
         self._last_write_s = seconds
         self._max_write_s = max(seconds, self._max_write_s or 0.0)
+        depth = self._buffer.depth
         if self._down_since is not None:
             log.warning(
                 "writing to %s again after %.0f s; %d points still queued",
                 self.sink,
                 time.monotonic() - self._down_since,
-                self._buffer.depth,
+                depth,
             )
             self._down_since = self._down_kind = None
-        if self._dropping and self._buffer.depth < self._max_points:
+            if depth >= self.batch_size:
+                self._draining = True
+                self._drain_started = (time.monotonic(), self._written, depth)
+        elif self._draining and depth < self.batch_size:
+            started, written, backlog = self._drain_started
+            seconds = time.monotonic() - started
+            log.warning(
+                "backlog of %d points written in %.1f s (%.0f points/s)",
+                backlog,
+                seconds,
+                (self._written - written) / seconds if seconds > 0 else 0.0,
+            )
+            self._draining = False
+        if self._dropping and not self._dropped_lately:
             log.warning("delivery buffer has room again; %d points were dropped", self._dropping)
             self._dropping = 0
+        self._dropped_lately = False
 
     def _failed(self, exc: Exception) -> None:
         self._last_error = str(exc) or type(exc).__name__
@@ -305,11 +424,14 @@ class Delivery:
         else:  # a bug in the sink, not an outage: show where
             log.error("%s failed; holding the points, retrying", self.sink, exc_info=exc)
 
-    def _quarantine(self, exc: RejectedWriteError) -> None:
+    def _keep_refused(self, refused: list[tuple[str, str, str]], summary: str) -> None:
+        """Append (kind, text, reason) records to the quarantine file: kind "line" can be
+        replayed once the cause is fixed (`aguante buffer --replay-quarantine`), kind "point" is
+        a point no server can store, kept so that nothing vanishes without a trace."""
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         records = [
-            json.dumps({"time": now, "reason": reason, "line": line}, ensure_ascii=False) + "\n"
-            for line, reason in zip(exc.lines, exc.reasons, strict=True)
+            json.dumps({"time": now, "reason": reason, kind: text}, ensure_ascii=False) + "\n"
+            for kind, text, reason in refused
         ]
         try:
             self.quarantine_path.parent.mkdir(parents=True, exist_ok=True)
@@ -323,11 +445,18 @@ class Delivery:
                 error,
                 "".join(records),
             )
-        self._quarantined += len(exc.lines)
+        self._quarantined += len(refused)
         log.warning(
             "%d lines refused by %s, kept in %s: %s",
-            len(exc.lines),
+            len(refused),
             self.sink,
             self.quarantine_path,
-            exc.reason,
+            summary,
         )
+
+
+def _time_ms(line: str) -> int | None:
+    try:
+        return line_time_ms(line)
+    except ValueError:
+        return None

@@ -19,6 +19,7 @@ import pytest
 from collector.app import Collector
 from collector.config import Config
 from collector.influxql import InfluxQL
+from collector.lineprotocol import decode_line
 from collector.schema import MACHINE_STATE, STOP, UTILIZATION, Point
 from collector.shifts import ShiftCalendar
 from collector.sinks.influxdb import InfluxDBSink
@@ -39,9 +40,9 @@ class RecordingSink(InfluxDBSink):
 
     written: list[Point]
 
-    async def write(self, points: Sequence[Point]) -> None:
-        await super().write(points)
-        self.written = getattr(self, "written", []) + list(points)
+    async def write_lines(self, lines: Sequence[str]) -> None:
+        await super().write_lines(lines)
+        self.written = getattr(self, "written", []) + [decode_line(line) for line in lines]
 
 
 @pytest.fixture
@@ -84,7 +85,11 @@ async def test_states_stops_and_minutes_agree_in_influxdb(
     config = capacity_config(fast_sim, tmp_path, influxdb)
     sink = RecordingSink.from_config(config.influxdb)
     collector = Collector(
-        config, sink=sink, quarantine_path=tmp_path / "q.jsonl", state_path=tmp_path / "s.json"
+        config,
+        sink=sink,
+        quarantine_path=tmp_path / "q.jsonl",
+        buffer_path=tmp_path / "buffer",
+        state_path=tmp_path / "s.json",
     )
     tracked = sorted(m.id for m in config.machines if m.state is not None)
 

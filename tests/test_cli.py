@@ -35,6 +35,7 @@ COMMANDS = [
     "check",
     "schema",
     "collect",
+    "buffer",
     "simulate",
     "kpi",
     "stops",

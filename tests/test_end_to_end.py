@@ -42,6 +42,19 @@ def example_config(
 ) -> Config:
     """examples/metalworks.yaml moved to this test's ports, pty folder, database and broker
     (without a broker: its Modbus machines only)."""
+    text = example_yaml(port_base, pty_dir, url, database, mqtt_url, **influx)
+    return parse_config(text, environ={})
+
+
+def example_yaml(
+    port_base: int,
+    pty_dir: Path,
+    url: str,
+    database: str,
+    mqtt_url: str | None = None,
+    **influx: Any,
+) -> str:
+    """The text of `example_config`, for a collector run as its own process."""
     data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     data["influxdb"] = {"url": url, "database": database, "flush_interval": 0.1} | influx
     data["stats_interval"] = 0.5
@@ -75,7 +88,9 @@ def example_config(
             device["port"] = port_base + device["port"] - DEFAULT_PORT_BASE
         if "serial_port" in device:
             device["serial_port"] = str(pty_dir / Path(device["serial_port"]).name)
-    return parse_config(yaml.safe_dump(data, allow_unicode=True), environ={})
+    data["buffer"] = {"directory": str(pty_dir / "buffer")}
+    data["influxdb"]["quarantine_file"] = str(pty_dir / "quarantine.jsonl")
+    return yaml.safe_dump(data, allow_unicode=True)
 
 
 @contextlib.asynccontextmanager
@@ -116,7 +131,12 @@ def make_collector(
         influx.create()  # so the test may query before the collector's first write
     config = example_config(port_base_of(sim), tmp_path, influx.url, database)
     sink = InfluxDBSink.from_config(config.influxdb)
-    return Collector(config, sink=sink, quarantine_path=tmp_path / "quarantine.jsonl")
+    return Collector(
+        config,
+        sink=sink,
+        quarantine_path=tmp_path / "quarantine.jsonl",
+        buffer_path=tmp_path / "buffer",
+    )
 
 
 def latest(influxdb: InfluxDBDatabase, machine: str) -> dict[str, Any]:
@@ -278,7 +298,12 @@ async def test_the_whole_example_plant_arrives_over_modbus_and_mqtt(
             port_base, tmp_path, influxdb.url, influxdb.database, mqtt_url=mosquitto.url
         )
         sink = InfluxDBSink.from_config(config.influxdb)
-        collector = Collector(config, sink=sink, quarantine_path=tmp_path / "quarantine.jsonl")
+        collector = Collector(
+            config,
+            sink=sink,
+            quarantine_path=tmp_path / "quarantine.jsonl",
+            buffer_path=tmp_path / "buffer",
+        )
         expected = {
             m.id: {s.name for s in (m.modbus.signals if m.modbus else [])}
             | {s.name for board in m.mqtt for s in board.signals}

@@ -117,7 +117,12 @@ def publisher(broker: Mosquitto) -> Iterator[Callable[..., None]]:
 async def running(config: Config, tmp_path: Path) -> AsyncIterator[Collector]:
     influx = config.influxdb
     sink = InfluxDBSink.from_config(influx)
-    collector = Collector(config, sink=sink, quarantine_path=tmp_path / "quarantine.jsonl")
+    collector = Collector(
+        config,
+        sink=sink,
+        quarantine_path=tmp_path / "quarantine.jsonl",
+        buffer_path=tmp_path / "buffer",
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(collector.run(stop))
     try:

@@ -93,7 +93,12 @@ async def running(config: Config, tmp_path: Path) -> AsyncIterator[Collector]:
     """The collector running until the block ends; then it must stop within a few seconds."""
     influx = config.influxdb
     sink = InfluxDBSink(url=influx.url, database=influx.database)
-    collector = Collector(config, sink=sink, quarantine_path=tmp_path / "quarantine.jsonl")
+    collector = Collector(
+        config,
+        sink=sink,
+        quarantine_path=tmp_path / "quarantine.jsonl",
+        buffer_path=tmp_path / "buffer",
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(collector.run(stop))
     try:

@@ -89,7 +89,13 @@ async def test_readings_and_health_reach_the_sink_and_stop_flushes(
     config: Config, tmp_path: Path
 ) -> None:
     sink, source = MemorySink(), ScriptedSource()
-    collector = Collector(config, sink=sink, sources=[source], quarantine_path=tmp_path / "q")
+    collector = Collector(
+        config,
+        sink=sink,
+        sources=[source],
+        quarantine_path=tmp_path / "q",
+        buffer_path=tmp_path / "buffer",
+    )
     await run_for(collector, 0.3)
     readings = [p for p in sink.points if p.measurement == READING]
     assert readings and source.closed and sink.exited
@@ -106,7 +112,11 @@ async def test_a_swallowed_cancellation_does_not_hang_the_stop(
 ) -> None:
     source = ScriptedSource(swallow_cancel=True)
     collector = Collector(
-        config, sink=MemorySink(), sources=[source], quarantine_path=tmp_path / "q"
+        config,
+        sink=MemorySink(),
+        sources=[source],
+        quarantine_path=tmp_path / "q",
+        buffer_path=tmp_path / "buffer",
     )
     await run_for(collector, 0.1)
     assert source.closed
@@ -118,7 +128,12 @@ async def test_a_failing_source_is_logged_and_restarted(
     source = ScriptedSource(fail_once=True)
     sink = MemorySink()
     collector = Collector(
-        config, sink=sink, sources=[source], quarantine_path=tmp_path / "q", restart_delay=0.05
+        config,
+        sink=sink,
+        sources=[source],
+        quarantine_path=tmp_path / "q",
+        buffer_path=tmp_path / "buffer",
+        restart_delay=0.05,
     )
     with caplog.at_level(logging.ERROR):
         await run_for(collector, 0.4)
@@ -213,6 +228,7 @@ async def test_states_stops_and_minutes_survive_a_restart(tmp_path: Path) -> Non
         sink=sink,
         sources=[source],
         quarantine_path=tmp_path / "q",
+        buffer_path=tmp_path / "buffer",
         state_path=tmp_path / "state.json",
         clock=clock,
         tick_interval=0.005,
@@ -228,6 +244,7 @@ async def test_states_stops_and_minutes_survive_a_restart(tmp_path: Path) -> Non
         sink=sink,
         sources=[source],
         quarantine_path=tmp_path / "q",
+        buffer_path=tmp_path / "buffer",
         state_path=tmp_path / "state.json",
         clock=later,
         tick_interval=0.005,

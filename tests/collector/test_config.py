@@ -84,8 +84,8 @@ def test_all_problems_are_reported_together() -> None:
         "  machines[0].modbus.signals[0].type: 'int17' is not allowed; expected 'bool', 'int16', "
         "'uint16', 'int32', 'uint32', 'int64', 'uint64', 'float32', 'float64' or 'string'",
         "  poll: unknown key (hint: known keys: factory, timezone, influxdb, mqtt, "
-        "stats_interval, language, state_file, calendar, stop_reasons, maintenance, sectors, "
-        "machines)",
+        "stats_interval, language, state_file, buffer, calendar, stop_reasons, maintenance, "
+        "sectors, machines)",
     ]
 
 

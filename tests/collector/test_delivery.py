@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from collector.buffer import DiskBuffer
 from collector.delivery import Delivery, MemoryBuffer
 from collector.lineprotocol import encode_point
 from collector.schema import Point
@@ -152,8 +153,8 @@ async def test_refused_lines_go_to_quarantine_and_the_rest_is_written(tmp_path: 
     assert [p.fields["v"] for p in sink.points] == [0, 1, 2, 4, 5, 6, 8, 9]
     records = [json.loads(line) for line in quarantine.read_text().splitlines()]
     assert [(r["reason"], r["line"]) for r in records] == [
-        ("negative", repr(points(1, start=3)[0])),
-        ("negative", repr(points(1, start=7)[0])),
+        ("negative", encode_point(points(1, start=3)[0])),
+        ("negative", encode_point(points(1, start=7)[0])),
     ]
     assert all(r["time"].endswith("+00:00") for r in records)
     stats = delivery.stats()
@@ -177,8 +178,12 @@ async def test_overflow_drops_the_oldest_waiting_points_and_says_so_once(
             sink.resume()
     assert sink.points == points(5) + points(5, start=25)
     assert delivery.stats().dropped == 20
-    full = [r for r in caplog.records if "buffer full" in r.getMessage()]
-    assert len(full) == 1
+    full = [r for r in caplog.records if " is full while " in r.getMessage()]
+    assert [r.getMessage() for r in full] == [
+        "the delivery buffer (10 lines in memory) is full while MemorySink() is not keeping up: "
+        "dropping the oldest lines (counted as `dropped`); give the buffer more room or fix "
+        "the writes"
+    ]
     assert [
         r
         for r in caplog.records
@@ -292,3 +297,66 @@ async def test_missing_database_holds_points_until_it_exists(
         await eventually(lambda: delivery.stats().written == 20)
     assert len(influxdb.query('SELECT "v" FROM "reading"')) == 20
     assert not (tmp_path / "q").exists()
+
+
+# --- with the durable buffer ----------------------------------------------------------------
+
+
+async def test_points_held_on_disk_are_sent_by_the_next_delivery(tmp_path: Path) -> None:
+    down = MemorySink()
+    down.fail_next(10_000, RetryableWriteError("InfluxDB at http://h: down"))
+    loop = asyncio.get_running_loop()
+    buffer = DiskBuffer(tmp_path / "buffer", max_bytes=1 << 20, segment_bytes=1 << 16)
+    async with Delivery(down, quarantine_path=tmp_path / "q", buffer=buffer, **FAST) as delivery:
+        delivery.submit(points(30))
+        await eventually(lambda: delivery.stats().retried > 0)
+        closing = loop.time()
+    # The sink is down and the points are on disk: closing does not wait for it.
+    assert loop.time() - closing < 1.0
+    assert delivery.stats().unsent == 30 and not down.points
+
+    up = MemorySink()
+    buffer = DiskBuffer(tmp_path / "buffer", max_bytes=1 << 20, segment_bytes=1 << 16)
+    assert buffer.recovery.lines == 30
+    async with Delivery(up, quarantine_path=tmp_path / "q", buffer=buffer, **FAST) as delivery:
+        await eventually(lambda: len(up.points) == 30)
+    assert up.points == points(30)
+    assert delivery.stats().depth == 0
+
+
+async def test_a_backlog_is_drained_in_large_batches_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = MemorySink()
+    sink.fail_next(3, RetryableWriteError("InfluxDB at http://h: down"))
+    buffer = DiskBuffer(
+        tmp_path / "buffer", max_bytes=1 << 24, segment_bytes=1 << 20, cache_lines=100
+    )
+    with caplog.at_level(logging.INFO, logger="collector.delivery"):
+        async with Delivery(
+            sink, batch_size=500, quarantine_path=tmp_path / "q", buffer=buffer, **FAST
+        ) as delivery:
+            for i in range(0, 5000, 10):
+                delivery.submit(points(10, start=i))
+            await eventually(lambda: delivery.stats().written == 5000)
+            stats = delivery.stats()
+    assert sink.points == points(5000)  # in order, read back from disk past the cache
+    assert max(len(batch) for batch in sink.batches) == 500
+    assert stats.write_rate > 0 and stats.depth == 0 and stats.backlog_s == 0
+    assert any(
+        re.fullmatch(r"backlog of \d+ points written in [\d.]+ s \(\d+ points/s\)", r.getMessage())
+        for r in caplog.records
+    )
+
+
+async def test_a_point_no_server_can_store_is_quarantined_at_once(tmp_path: Path) -> None:
+    sink = MemorySink()
+    quarantine = tmp_path / "q.jsonl"
+    bad = Point("#comment", {}, {"v": 1.0}, T0)
+    async with Delivery(sink, quarantine_path=quarantine, **FAST) as delivery:
+        delivery.submit([bad, *points(2)])
+    assert sink.points == points(2)
+    [record] = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert record["point"] == repr(bad)
+    assert record["reason"] == "a measurement name cannot start with '#'"
+    assert delivery.stats().quarantined == 1

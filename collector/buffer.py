@@ -1,0 +1,632 @@
+"""The durable buffer between decoding and InfluxDB: lines of line protocol in append-only
+segment files on disk, removed only once InfluxDB has stored them.
+
+Every `put` is written to the operating system before it returns, so a killed collector loses
+nothing it had accepted; `sync` (which the delivery calls every `fsync_interval` seconds, in a
+thread) bounds what a power cut can take. Each record carries a checksum: a torn or corrupt record
+is found when the buffer opens (or is read), the good records around it are kept and what was lost
+is counted and logged once. The size is bounded; when full the oldest segment (or the newest
+readings) is dropped, counted and logged. Memory stays bounded: the lines read back are cached only
+while the writer is close behind, beyond that they come back from disk.
+
+On disk: `<directory>/<20-digit sequence>.seg` files of records
+`magic(4) length(4) lines(4) crc32(4) payload(JSON array of lines)` and a `cursor` file with
+the position up to which InfluxDB has acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+__all__ = [
+    "BufferError",
+    "BufferInfo",
+    "DiskBuffer",
+    "Recovery",
+    "buffered_lines",
+    "inspect_buffer",
+]
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"AGB\x01"
+_HEADER = struct.Struct("<4sIII")  # magic, payload length, line count, crc32
+_CURSOR = struct.Struct("<QQI")  # segment, offset, crc32 of the two
+SUFFIX = ".seg"
+MAX_RECORD = 256 * 1024 * 1024  # a length beyond this is corruption, not a record
+
+WhenFull = Literal["drop_oldest", "drop_newest"]
+
+
+class BufferError(Exception):
+    """The buffer directory cannot be used (not writable, used by another collector)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What opening the buffer found: records kept and what could not be read back."""
+
+    segments: int
+    lines: int
+    lost_bytes: int
+    lost_lines: int  # lower bound: a record whose header is unreadable counts as none
+
+
+@dataclass(slots=True)
+class _Segment:
+    number: int
+    path: Path
+    size: int
+    unacked: int  # lines after the ack cursor
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    offset: int
+    end: int
+    lines: list[str] | None  # None: unreadable bytes from offset to end
+    count: int  # lines the header claims; 0 when the header itself is unreadable
+
+
+def _encode_record(lines: Sequence[str]) -> bytes:
+    payload = json.dumps(list(lines), ensure_ascii=False, separators=(",", ":")).encode()
+    head = struct.pack("<II", len(payload), len(lines))
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return _HEADER.pack(MAGIC, len(payload), len(lines), crc) + payload
+
+
+def _records(data: bytes, start: int = 0) -> Iterator[_Record]:
+    """The records of a segment's bytes from `start`; unreadable spans as records without lines.
+
+    After a bad record the next magic that starts a good record resynchronises, so corruption in
+    the middle of a segment costs only the bytes it hit."""
+    position, size = start, len(data)
+    while position < size:
+        record = _record_at(data, position)
+        if record is not None:
+            yield record
+            position = record.end
+            continue
+        bad_start, claimed = position, _claimed_lines(data, position)
+        search = position + 1
+        while True:
+            found = data.find(MAGIC, search)
+            if found < 0:
+                position = size
+                break
+            if _record_at(data, found) is not None:
+                position = found
+                break
+            search = found + 1
+        yield _Record(bad_start, position, None, claimed)
+
+
+def _read_records(file: BinaryIO, start: int, size: int) -> Iterator[_Record]:
+    """The records of an open segment from `start` (where the file is) to `size`, read one at
+    a time; after a bad record the rest is resynchronised in memory, as `_records` does."""
+    position = start
+    while position < size:
+        head = file.read(_HEADER.size)
+        if len(head) == _HEADER.size:
+            magic, length, _, _ = _HEADER.unpack(head)
+            if magic == MAGIC and position + _HEADER.size + length <= size:
+                payload = file.read(length)
+                record = _record_at(head + payload, 0)
+                if record is not None:
+                    end = position + len(head) + length
+                    yield _Record(position, end, record.lines, record.count)
+                    position = end
+                    continue
+        file.seek(position)
+        rest = file.read(size - position)
+        for record in _records(rest):
+            yield _Record(
+                position + record.offset, position + record.end, record.lines, record.count
+            )
+        return
+
+
+def _record_at(data: bytes, position: int) -> _Record | None:
+    if position + _HEADER.size > len(data):
+        return None
+    magic, length, count, crc = _HEADER.unpack_from(data, position)
+    if magic != MAGIC or length > MAX_RECORD:
+        return None
+    body = position + _HEADER.size
+    end = body + length
+    if end > len(data):
+        return None
+    payload = data[body:end]
+    if zlib.crc32(payload, zlib.crc32(data[position + 4 : position + 12])) != crc:
+        return None
+    try:
+        lines = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(lines, list) or len(lines) != count:
+        return None
+    return _Record(position, end, lines, count)
+
+
+def _claimed_lines(data: bytes, position: int) -> int:
+    if position + _HEADER.size <= len(data):
+        magic, length, count, _ = _HEADER.unpack_from(data, position)
+        if magic == MAGIC and length <= MAX_RECORD:
+            return int(count)
+    return 0
+
+
+def _segment_number(path: Path) -> int | None:
+    stem = path.name.removesuffix(SUFFIX)
+    return int(stem) if path.name.endswith(SUFFIX) and stem.isdigit() else None
+
+
+def _read_cursor(path: Path) -> tuple[int, int] | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) != _CURSOR.size:
+        return None
+    segment, offset, crc = _CURSOR.unpack(data)
+    if zlib.crc32(data[:16]) != crc:
+        return None
+    return segment, offset
+
+
+class DiskBuffer:
+    """A `collector.delivery.Buffer` of lines kept in segment files under `directory`.
+
+    `put` appends, `take` hands out the oldest lines (the same ones until `ack`), `ack` removes
+    them. Open it with `DiskBuffer(...)`, which recovers what a crash left, and `close` it.
+    """
+
+    def __repr__(self) -> str:
+        return f"buffer {self.directory}"
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int = 2 * 1024**3,
+        segment_bytes: int = 32 * 1024**2,
+        fsync_interval: float = 1.0,
+        when_full: WhenFull = "drop_oldest",
+        cache_lines: int = 100_000,
+    ) -> None:
+        if segment_bytes < 4096:
+            raise ValueError(f"segment_bytes must be at least 4096, not {segment_bytes}")
+        if max_bytes < 4 * segment_bytes:
+            raise ValueError(
+                f"max_bytes ({max_bytes}) must be at least 4 × segment_bytes ({segment_bytes}), "
+                "so that dropping one segment when full keeps most of the backlog"
+            )
+        if fsync_interval < 0:
+            raise ValueError(f"fsync_interval must be 0 or more seconds, not {fsync_interval}")
+        if when_full not in ("drop_oldest", "drop_newest"):
+            raise ValueError(f"when_full must be drop_oldest or drop_newest, not {when_full!r}")
+        if cache_lines < 1:
+            raise ValueError(f"cache_lines must be at least 1, not {cache_lines}")
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync_interval = fsync_interval
+        self.when_full = when_full
+        self.cache_lines = cache_lines
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._lock = (directory / "lock").open("a+b")
+        except OSError as exc:
+            raise BufferError(f"buffer directory {directory}: cannot use it ({exc})") from exc
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._lock.close()
+            raise BufferError(
+                f"buffer directory {directory} is in use by another collector: give each "
+                "collector a buffer directory of its own"
+            ) from exc
+        self._segments: deque[_Segment] = deque()
+        self._depth = 0  # lines not acked, in all segments
+        self._size = 0  # bytes in all segments
+        self._fd = -1
+        self._unsynced = False
+        self._fd_lock = threading.Lock()
+        # The read position (start of the next record to hand out) and the acked one.
+        self._ack: tuple[int, int] = (0, 0)
+        self._read: tuple[int, int] = (0, 0)
+        # Lines appended while the reader is close behind: (segment, end offset, lines) records.
+        self._cache: deque[tuple[int, int, list[str]]] = deque()
+        self._cached_lines = 0
+        self._cache_valid = True
+        # The batch handed out and not yet acked: its lines, where it ends, lines per segment.
+        self._taken: list[str] | None = None
+        self._taken_end: tuple[int, int] = (0, 0)
+        self._taken_per_segment: dict[int, int] = {}
+        self.dropped = 0
+        self.corrupt_lines = 0
+        self.corrupt_bytes = 0
+        # Test fix: unreadable spans already counted when opening, as (segment, offset), so
+        # that reading them later does not count them (and take them off the depth) again.
+        self._known_bad: set[tuple[int, int]] = set()
+        self.recovery = self._open()
+
+    # -- opening and recovery ------------------------------------------------------------------
+
+    def _open(self) -> Recovery:
+        paths = sorted(
+            (number, path)
+            for path in self.directory.iterdir()
+            if (number := _segment_number(path)) is not None
+        )
+        cursor = _read_cursor(self.directory / "cursor")
+        lines = lost_bytes = lost_lines = 0
+        for number, path in paths:
+            if cursor is not None and number < cursor[0]:
+                path.unlink()  # acknowledged in full; the removal was cut short by a crash
+                continue
+            start = cursor[1] if cursor is not None and number == cursor[0] else 0
+            data = path.read_bytes()
+            if start > len(data):
+                start = len(data)
+            # Test fix: good_end starts at the cursor (was 0), so that a torn tail right after
+            # the acked position is cut off too, not read back (and counted) again later.
+            unacked, good_end = 0, start
+            bad_offsets: list[int] = []
+            for record in _records(data, start):
+                if record.lines is None:
+                    bad_offsets.append(record.offset)
+                    lost_bytes += record.end - record.offset
+                    lost_lines += record.count
+                    log.error(
+                        "buffer %s: %d bytes at offset %d cannot be read back (%s); "
+                        "about %d lines lost, the records around them are kept",
+                        path,
+                        record.end - record.offset,
+                        record.offset,
+                        "a write cut short by a crash" if record.end == len(data) else "corrupt",
+                        record.count,
+                    )
+                else:
+                    unacked += len(record.lines)
+                    good_end = record.end
+            size = len(data)
+            if good_end < size and good_end >= start and self._torn_tail(data, good_end):
+                # Cut the torn tail off, so appending after it leaves no hole to skip later.
+                with path.open("r+b") as file:
+                    file.truncate(good_end)
+                size = good_end
+            self._known_bad.update((number, o) for o in bad_offsets if o < size)  # test fix
+            lines += unacked
+            self._segments.append(_Segment(number, path, size, unacked))
+            self._depth += unacked
+            self._size += size
+        if self._segments:
+            first = self._segments[0]
+            if cursor is not None and cursor[0] == first.number:
+                self._ack = (first.number, min(cursor[1], first.size))
+            else:
+                self._ack = (first.number, 0)
+        self._read = self._ack
+        self.corrupt_bytes, self.corrupt_lines = lost_bytes, lost_lines
+        last = self._segments[-1] if self._segments else None
+        if last is None or last.size >= self.segment_bytes:
+            self._new_segment((last.number + 1) if last else 1)
+        else:
+            self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
+        self._cache_valid = self._read == self._write_end
+        if lines:
+            log.warning(
+                "buffer %s: %d lines from before the restart wait to be written",
+                self.directory,
+                lines,
+            )
+        return Recovery(len(self._segments), lines, lost_bytes, lost_lines)
+
+    @staticmethod
+    def _torn_tail(data: bytes, good_end: int) -> bool:
+        """Whether everything after `good_end` is unreadable (a write cut short), not a good
+        record further on after corruption."""
+        return all(r.lines is None for r in _records(data, good_end))
+
+    def _new_segment(self, number: int) -> None:
+        path = self.directory / f"{number:020d}{SUFFIX}"
+        with self._fd_lock:  # `sync` may be running in a thread on the old one
+            if self._fd >= 0:
+                self._unsynced = False
+                os.fsync(self._fd)
+                os.close(self._fd)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o640)
+        self._segments.append(_Segment(number, path, 0, 0))
+        self._sync_directory()
+
+    def _sync_directory(self) -> None:
+        # The new file's name must survive a power cut too.
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @property
+    def _write_end(self) -> tuple[int, int]:
+        last = self._segments[-1]
+        return last.number, last.size
+
+    # -- the Buffer protocol --------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Lines waiting, the batch being sent included."""
+        return self._depth
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size
+
+    def put(self, lines: Sequence[str]) -> int:
+        """Append lines (written to the OS before returning); returns how many lines were
+        dropped to stay within `max_bytes`."""
+        if not lines:
+            return 0
+        record = _encode_record(lines)
+        dropped = 0
+        if self._size + len(record) > self.max_bytes:
+            if self.when_full == "drop_newest":
+                self._dropped(len(lines))
+                return len(lines)
+            while len(self._segments) > 1 and self._size + len(record) > self.max_bytes:
+                dropped += self._drop_oldest_segment()
+        at_end = self._read == self._write_end
+        segment = self._segments[-1]
+        if segment.size and segment.size + len(record) > self.segment_bytes:
+            self._new_segment(segment.number + 1)
+            segment = self._segments[-1]
+            if at_end:
+                self._read = (segment.number, 0)
+        written = os.write(self._fd, record)
+        while written < len(record):  # a short write: rare, but os.write promises no more
+            written += os.write(self._fd, record[written:])
+        segment.size += len(record)
+        segment.unacked += len(lines)
+        self._size += len(record)
+        self._depth += len(lines)
+        if self._cache_valid and (at_end or self._cache):
+            if self._cached_lines + len(lines) <= self.cache_lines:
+                self._cache.append((segment.number, segment.size, list(lines)))
+                self._cached_lines += len(lines)
+            else:  # the reader is far behind: it reads from disk until it catches up
+                self._cache.clear()
+                self._cached_lines = 0
+                self._cache_valid = False
+        self._unsynced = True
+        if not self.fsync_interval:
+            self.sync()  # asked for: every write on disk before it is acknowledged
+        return dropped
+
+    def take(self, max_n: int) -> list[str]:
+        """The oldest lines not acked: whole records up to `max_n` lines (one record even if
+        it is larger). The same batch again until `ack`."""
+        if self._taken is not None:
+            return list(self._taken)
+        lines: list[str] = []
+        per_segment: dict[int, int] = {}
+        position = self._read
+        if not self._cache_valid and position == self._write_end:
+            self._cache_valid = True
+        if self._cache_valid:
+            while self._cache and (not lines or len(lines) + len(self._cache[0][2]) <= max_n):
+                number, end, record = self._cache.popleft()
+                self._cached_lines -= len(record)
+                lines.extend(record)
+                per_segment[number] = per_segment.get(number, 0) + len(record)
+                position = (number, end)
+        else:
+            position = self._read_from_disk(position, max_n, lines, per_segment)
+            if position == self._write_end:
+                self._cache_valid = True  # caught up: what comes next is cached again
+        self._read = position
+        if not lines:
+            return []
+        self._taken, self._taken_end, self._taken_per_segment = lines, position, per_segment
+        return list(lines)
+
+    def _read_from_disk(
+        self, position: tuple[int, int], max_n: int, lines: list[str], per_segment: dict[int, int]
+    ) -> tuple[int, int]:
+        for segment in list(self._segments):
+            if segment.number < position[0]:
+                continue
+            start = position[1] if segment.number == position[0] else 0
+            if start < segment.size:
+                with segment.path.open("rb") as file:
+                    file.seek(start)
+                    for record in _read_records(file, start, segment.size):
+                        if record.lines is None:
+                            self._corrupt_on_read(segment, record)
+                        elif lines and len(lines) + len(record.lines) > max_n:
+                            return position
+                        else:
+                            lines.extend(record.lines)
+                            per_segment[segment.number] = per_segment.get(segment.number, 0) + len(
+                                record.lines
+                            )
+                        position = (segment.number, record.end)
+                        if len(lines) >= max_n:
+                            return position
+            if segment is self._segments[-1]:
+                return (segment.number, segment.size)
+            position = (self._next_number(segment.number), 0)
+        return position
+
+    def _next_number(self, number: int) -> int:
+        for segment in self._segments:
+            if segment.number > number:
+                return segment.number
+        return number + 1
+
+    def _corrupt_on_read(self, segment: _Segment, record: _Record) -> None:
+        # Corrupted on disk after it was opened (a failing SD card): skip it, count, say so.
+        if (segment.number, record.offset) in self._known_bad:
+            return  # test fix: found and counted when opening, never part of the depth
+        self.corrupt_bytes += record.end - record.offset
+        self.corrupt_lines += record.count
+        lost = min(segment.unacked, record.count)
+        segment.unacked -= lost
+        self._depth -= lost
+        log.error(
+            "buffer %s: %d bytes at offset %d became unreadable; about %d lines lost",
+            segment.path,
+            record.end - record.offset,
+            record.offset,
+            record.count,
+        )
+
+    def ack(self) -> None:
+        """The batch `take` handed out is stored: remove it."""
+        if self._taken is None:
+            return
+        for segment in self._segments:
+            done = min(segment.unacked, self._taken_per_segment.get(segment.number, 0))
+            segment.unacked -= done
+            self._depth -= done
+        self._ack = self._taken_end
+        self._taken = None
+        self._taken_per_segment = {}
+        # Whole segments before the acked position are done with.
+        while len(self._segments) > 1 and self._segments[0].number < self._ack[0]:
+            done_with = self._segments.popleft()
+            self._size -= done_with.size
+            done_with.path.unlink(missing_ok=True)
+        self._save_cursor()
+
+    def _save_cursor(self) -> None:
+        head = struct.pack("<QQ", *self._ack)
+        data = head + struct.pack("<I", zlib.crc32(head))
+        temporary = self.directory / "cursor.new"
+        with temporary.open("wb") as file:
+            file.write(data)
+        os.replace(temporary, self.directory / "cursor")
+        # Not fsynced: after a power cut an older cursor only means lines written again, which
+        # InfluxDB stores once (same series, same time stamp).
+
+    # -- bounds -----------------------------------------------------------------------------------
+
+    def _drop_oldest_segment(self) -> int:
+        oldest = self._segments.popleft()
+        self._size -= oldest.size
+        self._depth -= oldest.unacked
+        lost = oldest.unacked
+        if self._taken is not None:
+            # Its write may be under way: whatever it stores is stored; it is not counted again.
+            lost -= self._taken_per_segment.pop(oldest.number, 0)
+        oldest.path.unlink(missing_ok=True)
+        first = self._segments[0]
+        if self._ack[0] <= oldest.number:
+            self._ack = (first.number, 0)
+            self._save_cursor()
+        if self._read[0] <= oldest.number:
+            self._read = (first.number, 0)
+            self._cache.clear()
+            self._cached_lines = 0
+            self._cache_valid = self._read == self._write_end
+        if self._taken is not None and self._taken_end[0] <= oldest.number:
+            self._taken_end = self._ack
+        self._dropped(lost)
+        return lost
+
+    def _dropped(self, n: int) -> None:
+        # Counted here, logged by the delivery (once per episode, with what to do about it).
+        self.dropped += n
+
+    # -- durability --------------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """fsync what was put since the last sync. Safe to call from another thread (the
+        delivery does, every `fsync_interval`, so a slow SD card never stalls the polling)."""
+        with self._fd_lock:
+            if self._unsynced and self._fd >= 0:
+                self._unsynced = False  # before: a put meanwhile is in this fsync or the next
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Sync and release the directory; closing again does nothing."""
+        with self._fd_lock:
+            if self._fd >= 0:
+                if self._unsynced:
+                    os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+        if not self._lock.closed:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+
+
+@dataclass(frozen=True, slots=True)
+class BufferInfo:
+    """What `aguante buffer` shows: depth, size, the oldest line waiting, unreadable bytes."""
+
+    directory: Path
+    segments: int
+    size_bytes: int
+    lines: int
+    oldest_line: str | None
+    lost_bytes: int
+    lost_lines: int
+
+
+def inspect_buffer(directory: Path) -> BufferInfo:
+    """Read a buffer directory without changing it (the collector may be running)."""
+    segments = size = lines = lost_bytes = lost_lines = 0
+    oldest: str | None = None
+    for segment_size, records in _waiting_segments(directory):
+        segments += 1
+        size += segment_size
+        for record in records:
+            if record.lines is None:
+                lost_bytes += record.end - record.offset
+                lost_lines += record.count
+            else:
+                lines += len(record.lines)
+                if oldest is None and record.lines:
+                    oldest = record.lines[0]
+    return BufferInfo(directory, segments, size, lines, oldest, lost_bytes, lost_lines)
+
+
+def buffered_lines(directory: Path) -> Iterator[str]:
+    """Every line waiting in a buffer directory, oldest first, read without changing it."""
+    for _, records in _waiting_segments(directory):
+        for record in records:
+            if record.lines is not None:
+                yield from record.lines
+
+
+def _waiting_segments(directory: Path) -> Iterator[tuple[int, Iterator[_Record]]]:
+    """(size, records after the ack cursor) of each segment, oldest first."""
+    if not directory.is_dir():
+        return
+    cursor = _read_cursor(directory / "cursor")
+    for number, path in sorted(
+        (n, p) for p in directory.iterdir() if (n := _segment_number(p)) is not None
+    ):
+        if cursor is not None and number < cursor[0]:
+            continue
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # acknowledged and removed while we looked
+            continue
+        start = cursor[1] if cursor is not None and number == cursor[0] else 0
+        yield len(data), _records(data, min(start, len(data)))
