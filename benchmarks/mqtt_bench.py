@@ -185,6 +185,7 @@ class AguanteMqtt:
                 "create_database": True,
                 "quarantine_file": str(target.workdir / f"{target.database}-quarantine.jsonl"),
             },
+            "buffer": {"directory": str(target.workdir / f"{target.database}-buffer")},
             "mqtt": {
                 "url": f"mqtt://127.0.0.1:{target.broker_port}",
                 "client_id": target.client_id,

@@ -183,6 +183,7 @@ class Aguante:
                 "create_database": True,
                 "quarantine_file": str(target.workdir / f"{target.database}-quarantine.jsonl"),
             },
+            "buffer": {"directory": str(target.workdir / f"{target.database}-buffer")},
             "sectors": [{"id": SECTOR}],
             "machines": [
                 {
