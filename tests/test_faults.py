@@ -346,3 +346,44 @@ def _no_buffer_in_the_working_directory() -> Iterator[None]:
     before = Path("aguante-buffer").exists()
     yield
     assert Path("aguante-buffer").exists() == before
+
+
+@pytest.mark.parametrize(("fault", "arg"), [("slow", 1.5), ("garbage", None), ("drop", None)])
+async def test_a_failing_device_costs_the_others_no_polls(
+    sim: Simulator,  # noqa: F811
+    start_influxdb: Callable[..., InfluxDB],
+    tmp_path: Path,
+    fault: str,
+    arg: float | None,
+) -> None:
+    server = start_influxdb()
+    server.create_database("faulty")
+    config = example_config(port_base_of(sim), tmp_path, server.url, "faulty")
+    collector = Collector(
+        config,
+        sink=InfluxDBSink.from_config(config.influxdb),
+        quarantine_path=tmp_path / "q.jsonl",
+        buffer_path=tmp_path / "buffer",
+    )
+
+    def good_polls() -> dict[str, int]:
+        return {h.machine: h.good_polls for s in collector.sources for h in s.health()}
+
+    async with running(collector):
+        await eventually(lambda: all(good_polls().values()))
+        await sim.set_fault("press-plc", fault, arg)
+        await asyncio.sleep(1.0)
+        before = good_polls()
+        await asyncio.sleep(3.0)
+        after = good_polls()
+        await sim.clear_fault("press-plc")
+    # Every other link is polled every 0.2 s: 15 polls in 3 s, less a little scheduling slack.
+    press = next(m for m in config.machines if m.id == "press-1")
+    assert press.modbus is not None
+    others = [
+        m.id for m in config.machines if m.modbus is not None and m.modbus.port != press.modbus.port
+    ]
+    assert len(others) >= 4
+    for machine in others:
+        assert after[machine] - before[machine] >= 13, (machine, fault, before, after)
+    assert after["press-1"] - before["press-1"] <= 1  # it really was failing
