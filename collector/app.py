@@ -121,12 +121,14 @@ class Collector:
         while True:
             try:
                 async for reading in source:
-                    delivery.submit([self.to_point(reading)])
+                    taken = delivery.submit([self.to_point(reading)])
                     if self.capacity is not None:
                         derived = self.capacity.observe(reading)
                         if derived:
-                            delivery.submit(derived)
-                    if reading.ack is not None:
+                            taken = delivery.submit(derived) and taken
+                    # Acknowledged only once on disk: if the buffer cannot take it (disk full),
+                    # the broker keeps the message and sends it again after a reconnection.
+                    if reading.ack is not None and taken:
                         reading.ack()
                 # A source that ends is started again, after the same pause as a failed one.
                 log.warning(

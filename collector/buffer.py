@@ -35,6 +35,7 @@ __all__ = [
     "BufferInfo",
     "DiskBuffer",
     "Recovery",
+    "append_locked",
     "buffered_lines",
     "inspect_buffer",
 ]
@@ -110,7 +111,9 @@ def _records(data: bytes, start: int = 0) -> Iterator[_Record]:
                 position = found
                 break
             search = found + 1
-        yield _Record(bad_start, position, None, claimed)
+        # A header whose checksum failed may say anything: at most one line per 4 bytes
+        # (`"",` at least) of what was lost.
+        yield _Record(bad_start, position, None, min(claimed, (position - bad_start) // 4))
 
 
 def _read_records(file: BinaryIO, start: int, size: int) -> Iterator[_Record]:
@@ -258,9 +261,11 @@ class DiskBuffer:
         self.dropped = 0
         self.corrupt_lines = 0
         self.corrupt_bytes = 0
-        # Test fix: unreadable spans already counted when opening, as (segment, offset), so
-        # that reading them later does not count them (and take them off the depth) again.
+        # Unreadable spans found when opening, as (segment, offset): already counted and never
+        # part of the depth, so meeting them again when reading back must not count them twice.
         self._known_bad: set[tuple[int, int]] = set()
+        self._retired: list[int] = []  # descriptors of full segments, for `sync` to finish
+        self._directory_unsynced = False
         self.recovery = self._open()
 
     # -- opening and recovery ------------------------------------------------------------------
@@ -281,8 +286,7 @@ class DiskBuffer:
             data = path.read_bytes()
             if start > len(data):
                 start = len(data)
-            # Test fix: good_end starts at the cursor (was 0), so that a torn tail right after
-            # the acked position is cut off too, not read back (and counted) again later.
+            # From the cursor: a torn tail right after the acked position is cut off too.
             unacked, good_end = 0, start
             bad_offsets: list[int] = []
             for record in _records(data, start):
@@ -308,7 +312,7 @@ class DiskBuffer:
                 with path.open("r+b") as file:
                     file.truncate(good_end)
                 size = good_end
-            self._known_bad.update((number, o) for o in bad_offsets if o < size)  # test fix
+            self._known_bad.update((number, o) for o in bad_offsets if o < size)
             lines += unacked
             self._segments.append(_Segment(number, path, size, unacked))
             self._depth += unacked
@@ -323,10 +327,15 @@ class DiskBuffer:
         self.corrupt_bytes, self.corrupt_lines = lost_bytes, lost_lines
         last = self._segments[-1] if self._segments else None
         if last is None or last.size >= self.segment_bytes:
-            self._new_segment((last.number + 1) if last else 1)
+            # Numbered past the cursor too: a segment below it would count as acknowledged.
+            after = max(last.number if last else 0, cursor[0] if cursor else 0)
+            self._new_segment(after + 1)
         else:
             self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
         self._cache_valid = self._read == self._write_end
+        # The cursor as found may point past what a power cut left, or at segments gone:
+        # written again now, so that what is appended from here on is read back after a crash.
+        self._save_cursor()
         if lines:
             log.warning(
                 "buffer %s: %d lines from before the restart wait to be written",
@@ -343,22 +352,15 @@ class DiskBuffer:
 
     def _new_segment(self, number: int) -> None:
         path = self.directory / f"{number:020d}{SUFFIX}"
-        with self._fd_lock:  # `sync` may be running in a thread on the old one
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o640)
+        with self._fd_lock:  # held only to swap: the fsyncs happen in `sync`
             if self._fd >= 0:
-                self._unsynced = False
-                os.fsync(self._fd)
-                os.close(self._fd)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o640)
+                self._retired.append(self._fd)
+            self._fd = fd
+            self._directory_unsynced = True  # the new name must survive a power cut too
         self._segments.append(_Segment(number, path, 0, 0))
-        self._sync_directory()
-
-    def _sync_directory(self) -> None:
-        # The new file's name must survive a power cut too.
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if not self.fsync_interval:
+            self.sync()
 
     @property
     def _write_end(self) -> tuple[int, int]:
@@ -396,9 +398,16 @@ class DiskBuffer:
             segment = self._segments[-1]
             if at_end:
                 self._read = (segment.number, 0)
-        written = os.write(self._fd, record)
-        while written < len(record):  # a short write: rare, but os.write promises no more
-            written += os.write(self._fd, record[written:])
+        try:
+            written = os.write(self._fd, record)
+            while written < len(record):  # a short write: rare, but os.write promises no more
+                written += os.write(self._fd, record[written:])
+        except OSError:
+            # A full disk: take back what part of the record was written, so the offsets of
+            # the records after it stay true; the caller counts the lines as not taken.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, segment.size)
+            raise
         segment.size += len(record)
         segment.unacked += len(lines)
         self._size += len(record)
@@ -480,7 +489,7 @@ class DiskBuffer:
     def _corrupt_on_read(self, segment: _Segment, record: _Record) -> None:
         # Corrupted on disk after it was opened (a failing SD card): skip it, count, say so.
         if (segment.number, record.offset) in self._known_bad:
-            return  # test fix: found and counted when opening, never part of the depth
+            return  # found and counted when opening, never part of the depth
         self.corrupt_bytes += record.end - record.offset
         self.corrupt_lines += record.count
         lost = min(segment.unacked, record.count)
@@ -530,8 +539,9 @@ class DiskBuffer:
         self._depth -= oldest.unacked
         lost = oldest.unacked
         if self._taken is not None:
-            # Its write may be under way: whatever it stores is stored; it is not counted again.
-            lost -= self._taken_per_segment.pop(oldest.number, 0)
+            # The batch being sent may still be stored by the write under way, but it is no
+            # longer on disk, so a restart would lose it: it counts as dropped too.
+            self._taken_per_segment.pop(oldest.number, 0)
         oldest.path.unlink(missing_ok=True)
         first = self._segments[0]
         if self._ack[0] <= oldest.number:
@@ -555,24 +565,47 @@ class DiskBuffer:
 
     def sync(self) -> None:
         """fsync what was put since the last sync. Safe to call from another thread (the
-        delivery does, every `fsync_interval`, so a slow SD card never stalls the polling)."""
+        delivery does, every `fsync_interval`, so a slow SD card never stalls the polling):
+        the lock is held only to take copies of the descriptors, never during an fsync."""
         with self._fd_lock:
-            if self._unsynced and self._fd >= 0:
-                self._unsynced = False  # before: a put meanwhile is in this fsync or the next
-                os.fsync(self._fd)
+            current = os.dup(self._fd) if self._unsynced and self._fd >= 0 else -1
+            self._unsynced = False  # before: a put meanwhile is in this fsync or the next
+            retired, self._retired = self._retired, []
+            directory, self._directory_unsynced = self._directory_unsynced, False
+        try:
+            for fd in retired:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            if current >= 0:
+                os.fsync(current)
+            if directory:
+                _fsync_directory(self.directory)
+        finally:
+            if current >= 0:
+                os.close(current)
 
     def close(self) -> None:
         """Sync and release the directory; closing again does nothing."""
-        with self._fd_lock:
-            if self._fd >= 0:
-                if self._unsynced:
-                    os.fsync(self._fd)
+        if self._fd >= 0:
+            self._unsynced = True  # whatever the last sync saw: once more, to be sure
+            self.sync()
+            with self._fd_lock:
                 os.close(self._fd)
                 self._fd = -1
         if not self._lock.closed:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
             self._lock.close()
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -630,3 +663,20 @@ def _waiting_segments(directory: Path) -> Iterator[tuple[int, Iterator[_Record]]
             continue
         start = cursor[1] if cursor is not None and number == cursor[0] else 0
         yield len(data), _records(data, min(start, len(data)))
+
+
+def append_locked(path: Path, text: str) -> None:
+    """Append text to a file others may move aside meanwhile (`aguante buffer
+    --replay-quarantine` does): under an exclusive lock, and only to the file still at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        with path.open("a", encoding="utf-8") as file:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            try:
+                current = os.stat(path).st_ino == os.fstat(file.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                file.write(text)
+                return
+        # Moved aside while we waited for the lock: append to the new file instead.

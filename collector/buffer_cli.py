@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from collector.buffer import inspect_buffer
+from collector.buffer import append_locked, inspect_buffer
 from collector.config import LANGUAGES, Config, ConfigError, Language, load_config
 from collector.i18n import translate
 from collector.lineprotocol import line_time_ms
@@ -157,11 +158,13 @@ def replay_quarantine(config: Config) -> tuple[int, int, int]:
     line is kept."""
     path = Path(config.influxdb.quarantine_file)
     aside = path.with_name(path.name + ".replaying")
-    if not aside.exists():
+    if not aside.exists():  # else a replay cut short: that file first
         if not path.exists():
             return 0, 0, 0
-        # Moved aside first: the collector appends to a new file meanwhile, nothing is lost.
-        path.rename(aside)
+        # Moved aside under the collector's lock: it appends to a new file from then on.
+        with path.open("a") as locked:
+            fcntl.flock(locked.fileno(), fcntl.LOCK_EX)
+            path.rename(aside)
     records = list(_records(aside))
     lines = [r for r in records if isinstance(r.get("line"), str)]
     keep = [r for r in records if not isinstance(r.get("line"), str)]
@@ -177,8 +180,8 @@ def replay_quarantine(config: Config) -> tuple[int, int, int]:
                 if record["line"] in refused:
                     keep.append(record | {"time": now, "reason": refused[record["line"]]})
         keep += lines[sent:]  # not sent, or its write failed: kept as it was
-        with path.open("a", encoding="utf-8") as file:
-            file.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in keep)
+        if keep:
+            append_locked(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
         aside.unlink()
     refused_again = sum(1 for r in keep if "line" in r)
     return len(lines) - refused_again, refused_again, len(keep) - refused_again

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
+from collector.buffer import append_locked
 from collector.lineprotocol import InvalidPointError, drop_nonfinite, encode_point, line_time_ms
 from collector.schema import Point
 from collector.sinks import AuthWriteError, RejectedWriteError, Sink, WriteError
@@ -204,10 +205,14 @@ class Delivery:
         self._draining = False
         self._drain_started = (0.0, 0, 0)
         self._dropped_lately = False  # since the last batch stored
+        self._put_failing = False
         self._durable = not isinstance(self._buffer, MemoryBuffer)
 
     async def __aenter__(self) -> Self:
         await self.sink.__aenter__()
+        if self._buffer.depth >= self.batch_size:  # lines left from before a restart
+            self._draining = True
+            self._drain_started = (time.monotonic(), self._written, self._buffer.depth)
         self._task = asyncio.create_task(self._run(), name=f"delivery to {self.sink!r}")
         if self._buffer.fsync_interval > 0:
             self._sync_task = asyncio.create_task(self._sync(), name="buffer fsync")
@@ -221,9 +226,12 @@ class Delivery:
     ) -> None:
         await self.close(self.close_timeout)
 
-    def submit(self, points: Sequence[Point]) -> None:
+    def submit(self, points: Sequence[Point]) -> bool:
         """Queue points for delivery; never blocks. NaN/±inf fields are left out and counted;
-        a point no server can store (a name InfluxDB cannot hold) goes to quarantine at once."""
+        a point no server can store (a name InfluxDB cannot hold) goes to quarantine at once.
+
+        False when the buffer could not take them (a disk full or failing): they are counted
+        as dropped and an MQTT message must not be acknowledged."""
         if self._closing:
             raise RuntimeError("Delivery is closed: submit() after close() would lose points")
         lines: list[str] = []
@@ -237,7 +245,23 @@ class Delivery:
                 lines.append(encode_point(kept))
             except InvalidPointError as exc:
                 self._keep_refused([("point", repr(kept), exc.reason)], str(exc))
-        dropped = self._buffer.put(lines)
+        try:
+            dropped = self._buffer.put(lines)
+        except OSError as exc:
+            self._dropped += len(lines)
+            self._dropped_lately = True
+            if not self._put_failing:
+                log.error(
+                    "cannot keep readings in %r: %s; they are lost (counted as `dropped`) "
+                    "until it can be written again",
+                    self._buffer,
+                    exc,
+                )
+            self._put_failing = True
+            return False
+        if self._put_failing:
+            log.warning("%r takes readings again", self._buffer)
+            self._put_failing = False
         if dropped:
             if not self._dropping:
                 log.error(
@@ -252,6 +276,7 @@ class Delivery:
             self._dropped_lately = True
         if self._buffer.depth >= self.batch_size:
             self._wake.set()
+        return True
 
     def stats(self) -> DeliveryStats:
         now = time.monotonic()
@@ -337,7 +362,14 @@ class Delivery:
                     async with asyncio.timeout(self.flush_interval):
                         await self._wake.wait()
                 self._wake.clear()
-            batch = self._buffer.take(self.batch_size)
+            try:
+                batch = self._buffer.take(self.batch_size)
+            except OSError as exc:  # a failing disk: say so, and try again, as for the sink
+                self._retried += 1
+                self._failed(exc)
+                await asyncio.sleep(self._random.uniform(delay / 2, delay))
+                delay = min(delay * 2, self.retry_max)
+                continue
             if not batch:
                 self._oldest_ms = None
                 if self._closing:
@@ -363,7 +395,12 @@ class Delivery:
                 delay = self.retry_initial
 
     def _stored(self, n: int, seconds: float) -> None:
-        self._buffer.ack()
+        try:
+            self._buffer.ack()
+        except OSError as exc:
+            # Stored, but the position could not be saved: after a restart these lines are
+            # written again, which InfluxDB takes as the same points.
+            log.error("cannot save the buffer's acknowledged position: %s", exc)
         self._written += n
         now = time.monotonic()
         self._recent_writes.append((now, n))
@@ -421,6 +458,8 @@ class Delivery:
                 exc,
                 self._buffer.depth,
             )
+        elif isinstance(exc, OSError):  # reading the buffer back, not the sink
+            log.error("cannot read %r back: %s; retrying", self._buffer, exc)
         else:  # a bug in the sink, not an outage: show where
             log.error("%s failed; holding the points, retrying", self.sink, exc_info=exc)
 
@@ -434,9 +473,7 @@ class Delivery:
             for kind, text, reason in refused
         ]
         try:
-            self.quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.quarantine_path.open("a", encoding="utf-8") as file:
-                file.writelines(records)
+            append_locked(self.quarantine_path, "".join(records))
         except OSError as error:
             # The log is then the only copy left of these lines.
             log.error(

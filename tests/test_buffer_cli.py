@@ -3,14 +3,16 @@ real InfluxDB once the cause of the refusal is fixed."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from collector.buffer import DiskBuffer
+from collector.buffer import DiskBuffer, append_locked
 from tests.conftest import InfluxDBDatabase
 from tests.test_cli import aguante
 
@@ -144,3 +146,20 @@ def test_replay_with_influxdb_down_keeps_every_record(tmp_path: Path) -> None:
     )
     assert [json.loads(line) for line in path.read_text().splitlines()] == records
     assert not path.with_name("quarantine.jsonl.replaying").exists()
+
+
+def test_a_record_appended_while_the_quarantine_is_moved_aside_lands_in_the_new_file(
+    tmp_path: Path,
+) -> None:
+    path = quarantine(tmp_path, {"time": "t", "reason": "r", "line": "old 1"})
+    aside = path.with_name(path.name + ".replaying")
+    with path.open("a") as replaying:
+        fcntl.flock(replaying.fileno(), fcntl.LOCK_EX)  # what the replay holds to move it
+        writer = threading.Thread(target=append_locked, args=(path, "new\n"))
+        writer.start()  # the collector, appending a refused line: it waits for the lock
+        time.sleep(0.2)
+        path.rename(aside)
+    writer.join(5)
+    assert not writer.is_alive()
+    assert path.read_text() == "new\n"
+    assert "new" not in aside.read_text()

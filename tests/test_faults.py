@@ -71,6 +71,7 @@ async def test_influxdb_outage_every_reading_of_every_machine_arrives(
         await asyncio.sleep(3.0)
         assert collector.delivery is not None
         assert collector.delivery.stats().depth > 0  # it really held readings on disk
+        assert collector.delivery.stats().backlog_s >= 2.0  # and says how old they are
         assert inspect_buffer(tmp_path / "buffer").lines > 0
         server.start()
         await eventually(

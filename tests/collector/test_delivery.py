@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -360,3 +360,80 @@ async def test_a_point_no_server_can_store_is_quarantined_at_once(tmp_path: Path
     assert record["point"] == repr(bad)
     assert record["reason"] == "a measurement name cannot start with '#'"
     assert delivery.stats().quarantined == 1
+
+
+class FailingDisk(MemoryBuffer):
+    """A buffer whose disk fails on demand: `fail_take` / `fail_put` reads or writes raise."""
+
+    def __init__(self) -> None:
+        super().__init__(max_points=10_000)
+        self.fail_take = 0
+        self.fail_put = False
+
+    def take(self, max_n: int) -> list[str]:
+        if self.fail_take:
+            self.fail_take -= 1
+            raise OSError(5, "Input/output error")
+        return super().take(max_n)
+
+    def put(self, lines: Sequence[str]) -> int:
+        if self.fail_put:
+            raise OSError(28, "No space left on device")
+        return super().put(lines)
+
+
+async def test_a_failing_disk_read_is_retried_not_the_end_of_delivery(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink, disk = MemorySink(), FailingDisk()
+    disk.fail_take = 3
+    async with Delivery(sink, quarantine_path=tmp_path / "q", buffer=disk, **FAST) as delivery:
+        delivery.submit(points(10))
+        await eventually(lambda: len(sink.points) == 10)
+    assert sink.points == points(10)
+    assert delivery.stats().retried == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [
+        "cannot read the delivery buffer (10000 lines in memory) back: "
+        "[Errno 5] Input/output error; retrying"
+    ]
+
+
+async def test_a_full_disk_refuses_readings_counts_them_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink, disk = MemorySink(), FailingDisk()
+    async with Delivery(sink, quarantine_path=tmp_path / "q", buffer=disk, **FAST) as delivery:
+        assert delivery.submit(points(2))
+        disk.fail_put = True
+        assert not delivery.submit(points(3, start=2))  # an MQTT message stays unacknowledged
+        assert not delivery.submit(points(1, start=5))
+        disk.fail_put = False
+        assert delivery.submit(points(1, start=6))
+        await eventually(lambda: len(sink.points) == 3)
+    assert sink.points == points(2) + points(1, start=6)
+    assert delivery.stats().dropped == 4
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m for m in messages if m.startswith("cannot keep readings")] == [
+        "cannot keep readings in the delivery buffer (10000 lines in memory): [Errno 28] No "
+        "space left on device; they are lost (counted as `dropped`) until it can be written again"
+    ]
+    assert "the delivery buffer (10000 lines in memory) takes readings again" in messages
+
+
+async def test_a_backlog_left_by_a_restart_is_reported_as_draining(tmp_path: Path) -> None:
+    buffer = DiskBuffer(tmp_path / "buffer", max_bytes=1 << 22, segment_bytes=1 << 18)
+    buffer.put([encode_point(p) for p in points(2000)])
+    buffer.close()
+    sink = MemorySink()
+    sink.pause()
+    buffer = DiskBuffer(tmp_path / "buffer", max_bytes=1 << 22, segment_bytes=1 << 18)
+    async with Delivery(
+        sink, batch_size=500, quarantine_path=tmp_path / "q", buffer=buffer, **FAST
+    ) as delivery:
+        stats = delivery.stats()
+        assert stats.draining and stats.depth == 2000
+        await eventually(lambda: delivery.stats().backlog_s > 0)  # the oldest line's age
+        sink.resume()
+        await eventually(lambda: not delivery.stats().draining)
+    assert sink.points == points(2000)
