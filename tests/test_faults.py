@@ -32,6 +32,7 @@ from tests.test_end_to_end import (
     eventually,
     example_config,
     example_yaml,
+    make_collector,
     port_base_of,
     running,
     sim,  # noqa: F401 - the fixture
@@ -58,13 +59,8 @@ async def test_influxdb_outage_every_reading_of_every_machine_arrives(
 ) -> None:
     server = start_influxdb()
     server.create_database("outage")
-    config = example_config(port_base_of(sim), tmp_path, server.url, "outage")
-    collector = Collector(
-        config,
-        sink=InfluxDBSink.from_config(config.influxdb),
-        quarantine_path=tmp_path / "q.jsonl",
-        buffer_path=tmp_path / "buffer",
-    )
+    collector = make_collector(sim, tmp_path, server, "outage")
+    config = collector.config
     async with running(collector):
         await eventually(lambda: bool(stored_readings(server, "outage")))
         server.stop()
@@ -359,13 +355,8 @@ async def test_a_failing_device_costs_the_others_no_polls(
 ) -> None:
     server = start_influxdb()
     server.create_database("faulty")
-    config = example_config(port_base_of(sim), tmp_path, server.url, "faulty")
-    collector = Collector(
-        config,
-        sink=InfluxDBSink.from_config(config.influxdb),
-        quarantine_path=tmp_path / "q.jsonl",
-        buffer_path=tmp_path / "buffer",
-    )
+    collector = make_collector(sim, tmp_path, server, "faulty")
+    config = collector.config
 
     def good_polls() -> dict[str, int]:
         return {h.machine: h.good_polls for s in collector.sources for h in s.health()}

@@ -172,12 +172,7 @@ class InfluxDBSink:
         except RejectedWriteError as exc:
             refused += zip(exc.lines, exc.reasons, strict=True)
         if refused:
-            raise RejectedWriteError(
-                f"InfluxDB at {self.url}: refused {len(refused)} of {len(points)} points, "
-                f"first because {refused[0][1]}",
-                lines=[line for line, _ in refused],
-                reasons=[reason for _, reason in refused],
-            )
+            raise self._refusal(refused, len(points), "points")
 
     async def write_lines(self, lines: Sequence[str]) -> None:
         """Write encoded lines, each to its measurement's retention policy; raises as `write`."""
@@ -196,12 +191,15 @@ class InfluxDBSink:
         for policy, group in by_policy.items():
             refused += await self._write_policy(group, policy)
         if refused:
-            raise RejectedWriteError(
-                f"InfluxDB at {self.url}: refused {len(refused)} of {len(lines)} lines, "
-                f"first because {refused[0][1]}",
-                lines=[line for line, _ in refused],
-                reasons=[reason for _, reason in refused],
-            )
+            raise self._refusal(refused, len(lines), "lines")
+
+    def _refusal(self, refused: list[tuple[str, str]], total: int, what: str) -> WriteError:
+        return RejectedWriteError(
+            f"InfluxDB at {self.url}: refused {len(refused)} of {total} {what}, "
+            f"first because {refused[0][1]}",
+            lines=[line for line, _ in refused],
+            reasons=[reason for _, reason in refused],
+        )
 
     def _routed_prefixes(self) -> tuple[str, ...]:
         # Lines of a routed measurement start with its (escaped) name and a comma or a space:

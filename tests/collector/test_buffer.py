@@ -739,8 +739,11 @@ class BufferMachine(RuleBasedStateMachine):
                 f"m,id={self.next_id + i} v={text!r},p={'x' * pad}" for i, text in enumerate(texts)
             ]
             self.next_id += len(lines)
-            assert self.open.put(lines) == 0
-            self.model.append(lines)
+            self._put(lines)
+
+    def _put(self, lines: list[str]) -> None:
+        assert self.open.put(lines) == 0
+        self.model.append(lines)
 
     @rule(max_n=st.integers(min_value=1, max_value=15))
     def take(self, max_n: int) -> None:
@@ -826,26 +829,16 @@ class FullBufferMachine(BufferMachine):
         assert self.buffer.recovery.lost_bytes == 0
         self.dropped = 0  # the counter starts again with the process
 
-    @rule(
-        batches=st.lists(st.lists(LINE_TEXT, min_size=1, max_size=5), min_size=1, max_size=4),
-        pad=st.integers(min_value=0, max_value=400),
-    )
-    def put(self, batches: list[list[str]], pad: int) -> None:
-        for texts in batches:
-            lines = [
-                f"m,id={self.next_id + i} v={text!r},p={'x' * pad}" for i, text in enumerate(texts)
-            ]
-            self.next_id += len(lines)
-            dropped = self.open.put(lines)
-            self.dropped += dropped
-            while dropped:  # the oldest records, whole
-                record = self.model.pop(0)
-                assert len(record) <= dropped
-                dropped -= len(record)
-                gone = min(len(record), self.taken_left)
-                self.taken_left -= gone
-            self.model.append(lines)
-            assert self.open.size_bytes <= self.MAX_BYTES
+    def _put(self, lines: list[str]) -> None:
+        dropped = self.open.put(lines)
+        self.dropped += dropped
+        while dropped:  # the oldest records, whole
+            record = self.model.pop(0)
+            assert len(record) <= dropped
+            dropped -= len(record)
+            self.taken_left -= min(len(record), self.taken_left)
+        self.model.append(lines)
+        assert self.open.size_bytes <= self.MAX_BYTES
 
     @rule(max_n=st.integers(min_value=1, max_value=15))
     def take(self, max_n: int) -> None:
