@@ -153,11 +153,12 @@ def collector_process(config_path: Path, log: Path) -> Iterator[subprocess.Popen
         process.wait(10)
 
 
-def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
+def wait_for(check: Callable[[], bool], within: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"waited {within} s for {what}")
+            tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
+            raise AssertionError(f"waited {within} s for {what}\n{tail}")
         time.sleep(0.05)
 
 
@@ -185,8 +186,9 @@ async def test_sigkill_during_an_outage_loses_nothing_the_buffer_took(
             # Killed once it has taken readings of its own (or after 10 s, at worst).
             wait_for(
                 lambda: inspect_buffer(buffer_dir).lines > before or process.poll() is not None,
-                10.0,
+                20.0,
                 "the collector's first readings",
+                log,
             )
             assert process.poll() is None, log.read_text(errors="replace")[-3000:]
             publisher.publish(10)
@@ -199,15 +201,22 @@ async def test_sigkill_during_an_outage_loses_nothing_the_buffer_took(
     assert len(publisher.acked) >= SIGKILL_CYCLES * 10 - 10  # the broker confirmed them
     server.start()
     with collector_process(config_path, log) as process:
+        missing: set[int] = set()
 
         def drained() -> bool:
             rows = server.query(
                 "SELECT current FROM reading WHERE machine = 'press-1'", database="killed"
             )
             numbers = {int(row["current"]) for row in rows if row.get("current") is not None}
-            return publisher.acked <= numbers and inspect_buffer(buffer_dir).lines < 500
+            missing.clear()
+            missing.update(publisher.acked - numbers)
+            return not missing and inspect_buffer(buffer_dir).lines < 500
 
-        await asyncio.to_thread(wait_for, drained, 60.0, "the backlog to be written")
+        try:
+            await asyncio.to_thread(wait_for, drained, 60.0, "the backlog to be written")
+        except AssertionError as exc:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"{exc}; messages missing: {sorted(missing)}\n{tail}") from None
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0
     output = log.read_text(errors="replace")
