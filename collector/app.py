@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 from collector.buffer import DiskBuffer
 from collector.capacity import CapacityTracker
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 SOURCE_RESTART_DELAY = 5.0
 TICK_INTERVAL = 1.0  # machine states: staleness, pending changes, finished minutes
 CHECKPOINT_INTERVAL = 10.0  # at most this much of machine-state time is lost in a crash
+UNDECODABLE_LOG_INTERVAL = 600.0
 
 
 class Collector:
@@ -63,6 +65,10 @@ class Collector:
         self._clock = clock
         self._tick_interval = tick_interval
         self.capacity: CapacityTracker | None = None
+        self._undecodable = 0
+        self._previous_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None
+        self._previous_handler = None
+        self._undecodable_logged = -UNDECODABLE_LOG_INTERVAL
 
     def _now_ms(self) -> int:
         return round(self._clock() * 1000)
@@ -71,6 +77,38 @@ class Collector:
         return Point(READING, self._tags[reading.machine], reading.values, reading.time_ms)
 
     async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        self._previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._loop_error)
+        try:
+            await self._run(stop)
+        finally:
+            loop.set_exception_handler(self._previous_handler)
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exception = context.get("exception")
+        if exception is not None and type(exception).__module__.startswith("pymodbus"):
+            # A device answered bytes pymodbus cannot decode: asyncio closes the link (the
+            # source opens it again and counts the error) and would log a traceback each time.
+            self._undecodable += 1
+            now = time.monotonic()
+            if now - self._undecodable_logged >= UNDECODABLE_LOG_INTERVAL:
+                log.warning(
+                    "a Modbus device sent an answer that cannot be decoded (%s); its link is "
+                    "closed and opened again (%d such answers so far, said again at most every "
+                    "%.0f min)",
+                    exception,
+                    self._undecodable,
+                    UNDECODABLE_LOG_INTERVAL / 60,
+                )
+                self._undecodable_logged = now
+            return
+        if self._previous_handler is not None:
+            self._previous_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         influx, settings = self.config.influxdb, self.config.buffer
         buffer = DiskBuffer(
             self._buffer_path,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import subprocess
 import sys
@@ -361,6 +362,7 @@ async def test_a_failing_device_costs_the_others_no_polls(
     tmp_path: Path,
     fault: str,
     arg: float | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = start_influxdb()
     server.create_database("faulty")
@@ -388,3 +390,13 @@ async def test_a_failing_device_costs_the_others_no_polls(
     for machine in others:
         assert after[machine] - before[machine] >= 13, (machine, fault, before, after)
     assert after["press-1"] - before["press-1"] <= 1  # it really was failing
+    # Logged once, not once a poll: no traceback for each garbled answer. (pymodbus's own
+    # logger, which says something at every timeout, is silenced by `aguante collect`.)
+    errors = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and not r.name.startswith("pymodbus")
+    ]
+    assert not errors, [r.getMessage() for r in errors]
+    undecodable = [r for r in caplog.records if "cannot be decoded" in r.getMessage()]
+    assert len(undecodable) == (1 if fault == "garbage" else 0)
