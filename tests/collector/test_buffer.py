@@ -42,6 +42,16 @@ def open_buffer(directory: Path, **options: Any) -> DiskBuffer:
     return DiskBuffer(directory, **options)
 
 
+def crash(buffer: DiskBuffer) -> None:
+    """The process dies: no close, no fsync; what `os.write` handed the OS stays, and the
+    descriptors (and so the directory's lock) go with the process."""
+    for fd in (buffer._fd, buffer._cursor_fd, *buffer._retired):
+        os.close(fd)
+    buffer._fd = buffer._cursor_fd = -1
+    buffer._retired = []
+    buffer._lock.close()
+
+
 @pytest.fixture
 def buffers() -> Iterator[list[DiskBuffer]]:
     """Buffers a test opens, closed at its end even when it fails."""
@@ -778,9 +788,7 @@ class BufferMachine(RuleBasedStateMachine):
     @rule()
     def crash(self) -> None:
         # The process dies: no close, no fsync; what os.write handed the OS is there.
-        buffer = self.open
-        buffer._lock.close()
-        os.close(buffer._fd)
+        crash(self.open)
         self.buffer = None
         self._open()
 

@@ -4,18 +4,16 @@ what survived a power cut or at segments gone, a bit flipped in a record's heade
 from __future__ import annotations
 
 import json
-import os
-import struct
 import subprocess
 import sys
 import textwrap
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from collector.buffer import DiskBuffer
+from collector.buffer import DiskBuffer, write_cursor
+from tests.collector.test_buffer import crash
 
 SEGMENT = 4096
 
@@ -40,24 +38,12 @@ def open_buffer(directory: Path, opened: list[DiskBuffer], **options: int) -> Di
     return buffer
 
 
-def crash(buffer: DiskBuffer) -> None:
-    """The process dies: no close; what `os.write` handed the OS stays."""
-    os.close(buffer._fd)
-    buffer._fd = -1
-    buffer._lock.close()
-
-
 def drain(buffer: DiskBuffer) -> list[str]:
     out: list[str] = []
     while batch := buffer.take(3):
         out += batch
         buffer.ack()
     return out
-
-
-def write_cursor(directory: Path, segment: int, offset: int) -> None:
-    head = struct.pack("<QQ", segment, offset)
-    (directory / "cursor").write_bytes(head + struct.pack("<I", zlib.crc32(head)))
 
 
 def test_a_disk_full_mid_record_leaves_no_hole_for_the_records_after_it(tmp_path: Path) -> None:
@@ -108,7 +94,9 @@ def test_a_cursor_left_without_segments_does_not_swallow_new_writes(
 ) -> None:
     directory = tmp_path / "buffer"
     directory.mkdir()
-    write_cursor(directory, 3, 120)  # the segments were deleted by hand, the cursor was not
+    write_cursor(
+        directory / "cursor", 3, 120
+    )  # the segments were deleted by hand, the cursor was not
     buffer = open_buffer(directory, opened)
     buffer.put(["a 1", "b 2"])
     crash(buffer)
@@ -124,7 +112,7 @@ def test_a_cursor_past_what_survived_is_rewritten(tmp_path: Path, opened: list[D
     buffer.close()
     [segment] = sorted(directory.glob("*.seg"))
     # A power cut: the cursor reached the disk, the last records did not.
-    write_cursor(directory, int(segment.stem), segment.stat().st_size + 500)
+    write_cursor(directory / "cursor", int(segment.stem), segment.stat().st_size + 500)
     buffer = open_buffer(directory, opened)
     assert buffer.depth == 0
     buffer.put(["new 1"])
