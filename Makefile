@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests and the demo need: command to look for = package that brings it.
 DEBS   := influxd=influxdb mosquitto=mosquitto openssl=openssl chromium=chromium
 
-.PHONY: demo test lint typecheck unit bench system-deps venv clean
+.PHONY: demo test lint typecheck unit bench soak system-deps venv clean
 
 demo: system-deps venv
 	$(BIN)/python scripts/demo.py
@@ -28,6 +28,11 @@ unit: venv
 
 bench: system-deps venv
 	$(BIN)/python benchmarks/run.py
+
+# 30 minutes of faults against the collector and its disk buffer, then an account of every
+# reading; shorter with e.g. `make soak SOAK_ARGS="--minutes 5"`.
+soak: system-deps venv
+	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
 
 # Installs from the distribution only what is missing, so a machine that has it all is untouched.
 system-deps:
