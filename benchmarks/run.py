@@ -43,7 +43,8 @@ BENCH = ROOT / "benchmarks"
 BIN = Path(sys.executable).parent  # the venv's bin, where `aguante` is installed
 sys.path.insert(0, str(ROOT))  # for tests.services (the tests' own influxd harness)
 
-import kpi_bench  # noqa: E402  (benchmarks/, the script's own directory)
+import buffer_bench  # noqa: E402  (benchmarks/, the script's own directory)
+import kpi_bench  # noqa: E402
 import maintenance_bench  # noqa: E402
 import mqtt_bench  # noqa: E402
 
@@ -57,6 +58,7 @@ CPU_TARGET = 1.0  # aguante's CPU per value stored, as a multiple of the plain l
 _PR_SET_PDEATHSIG = 1
 KPI_SHAPE = "kpi-year"  # a year of minute rollups for 50 machines, then KPI queries
 MAINTENANCE_SHAPE = maintenance_bench.MAINTENANCE_SHAPE  # rule cycles and the ticket API
+BUFFER_SHAPE = buffer_bench.BUFFER_SHAPE  # a long outage through the durable buffer
 REQUEST_TOLERANCE = 0.01  # window edges cut a poll or two; a wrong plan is off by >= 10 %
 
 
@@ -112,6 +114,7 @@ SHAPES = {
         tuple(a for base in range(0, 200, 40) for a in (base, base + 11)),
     ),
 }
+ALL_SHAPES = [*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE, MAINTENANCE_SHAPE, BUFFER_SHAPE]
 
 
 @dataclass(frozen=True)
@@ -688,6 +691,7 @@ def write_report(
     mqtt_results: dict[str, list[mqtt_bench.MqttMeasurement]] | None = None,
     kpi_result: kpi_bench.KpiMeasurement | None = None,
     maintenance_result: maintenance_bench.MaintenanceMeasurement | None = None,
+    buffer_result: buffer_bench.BufferMeasurement | None = None,
 ) -> None:
     info = machine_description()
     lines = [
@@ -722,6 +726,8 @@ def write_report(
         lines += kpi_bench.report_lines(kpi_result)
     if maintenance_result is not None:
         lines += maintenance_bench.report_lines(maintenance_result)
+    if buffer_result is not None:
+        lines += buffer_bench.report_lines(buffer_result)
     lines += _soak_section(path)
     path.write_text("\n".join(lines))
 
@@ -806,9 +812,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--shapes",
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        default=[*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE, MAINTENANCE_SHAPE],
-        help="comma-separated, of: "
-        f"{', '.join([*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE, MAINTENANCE_SHAPE])} (all)",
+        default=ALL_SHAPES,
+        help=f"comma-separated, of: {', '.join(ALL_SHAPES)} (all)",
     )
     parser.add_argument(
         "--repeat", type=int, default=2, help="runs of each contender per MQTT shape (2)"
@@ -820,7 +825,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--output", type=Path, default=BENCH / "RESULTS.md", help="report (benchmarks/RESULTS.md)"
     )
     args = parser.parse_args(argv)
-    known = [*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE, MAINTENANCE_SHAPE]
+    known = ALL_SHAPES
     unknown = [s for s in args.shapes if s not in known]
     if unknown:
         parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(known)}")
@@ -841,10 +846,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     try:
         results, mqtt_results, kpi_result, maintenance_result = run(args)
+        buffer_result = None
+        if BUFFER_SHAPE in args.shapes:
+            print("== durable buffer through a long outage", flush=True)
+            buffer_result = buffer_bench.run_buffer()
     except KeyboardInterrupt:
         print("interrupted; every process started was stopped", file=sys.stderr)
         return 130
-    write_report(args.output, results, args, started, mqtt_results, kpi_result, maintenance_result)
+    write_report(
+        args.output,
+        results,
+        args,
+        started,
+        mqtt_results,
+        kpi_result,
+        maintenance_result,
+        buffer_result=buffer_result,
+    )
     print(f"wrote {args.output}")
     return 0
 

@@ -48,6 +48,10 @@ _HEADER = struct.Struct("<4sIII")  # magic, payload length, line count, crc32
 # The cursor file: two slots written in turn, so a write torn by a power cut leaves the other.
 _CURSOR = struct.Struct("<QQQI")  # sequence, segment, offset, crc32 of the three
 SUFFIX = ".seg"
+# Beside each full segment: how many lines it holds and its size, so that opening a buffer with
+# days of backlog reads two segments, not all of them (checked when they are read back).
+COUNT_SUFFIX = ".lines"
+_COUNT = struct.Struct("<QQI")  # lines, size, crc32 of the two
 MAX_RECORD = 256 * 1024 * 1024  # a length beyond this is corruption, not a record
 
 WhenFull = Literal["drop_oldest", "drop_newest"]
@@ -73,6 +77,15 @@ class _Segment:
     path: Path
     size: int
     unacked: int  # lines after the ack cursor
+    lines: int  # every good line in it, acked or not (for its count file when it is full)
+
+    @property
+    def count_path(self) -> Path:
+        return self.path.with_suffix(COUNT_SUFFIX)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.count_path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +218,21 @@ def _cursor_slots(path: Path) -> tuple[int, int, int] | None:
     return newest
 
 
+def _read_count(segment: Path) -> tuple[int, int] | None:
+    """(lines, size) from a full segment's count file, if it is whole and still fits."""
+    try:
+        data = segment.with_suffix(COUNT_SUFFIX).read_bytes()
+        size = segment.stat().st_size
+    except FileNotFoundError:
+        return None
+    if len(data) != _COUNT.size:
+        return None
+    lines, counted_size, crc = _COUNT.unpack(data)
+    if zlib.crc32(data[:16]) != crc or counted_size != size:
+        return None
+    return lines, counted_size
+
+
 def write_cursor(path: Path, segment: int, offset: int, sequence: int = 1) -> None:
     """Write a cursor file by hand (for tools and tests): acknowledged up to segment, offset."""
     head = struct.pack("<QQQ", sequence, segment, offset)
@@ -305,45 +333,30 @@ class DiskBuffer:
         self._cursor_sequence = slots[0] if slots is not None else 0
         self._cursor_fd = os.open(self.directory / "cursor", os.O_RDWR | os.O_CREAT, 0o640)
         lines = lost_bytes = lost_lines = 0
+        last_number = paths[-1][0] if paths else None
         for number, path in paths:
             if cursor is not None and number < cursor[0]:
-                path.unlink()  # acknowledged in full; the removal was cut short by a crash
+                # Acknowledged in full; the removal was cut short by a crash.
+                _Segment(number, path, 0, 0, 0).remove()
                 continue
             start = cursor[1] if cursor is not None and number == cursor[0] else 0
-            data = path.read_bytes()
-            if start > len(data):
-                start = len(data)
-            # From the cursor: a torn tail right after the acked position is cut off too.
-            unacked, good_end = 0, start
-            bad_offsets: list[int] = []
-            for record in _records(data, start):
-                if record.lines is None:
-                    bad_offsets.append(record.offset)
-                    lost_bytes += record.end - record.offset
-                    lost_lines += record.count
-                    log.error(
-                        "buffer %s: %d bytes at offset %d cannot be read back (%s); "
-                        "about %d lines lost, the records around them are kept",
-                        path,
-                        record.end - record.offset,
-                        record.offset,
-                        "a write cut short by a crash" if record.end == len(data) else "corrupt",
-                        record.count,
-                    )
-                else:
-                    unacked += len(record.lines)
-                    good_end = record.end
-            size = len(data)
-            if good_end < size and good_end >= start and self._torn_tail(data, good_end):
-                # Cut the torn tail off, so appending after it leaves no hole to skip later.
-                with path.open("r+b") as file:
-                    file.truncate(good_end)
-                size = good_end
-            self._known_bad.update((number, o) for o in bad_offsets if o < size)
-            lines += unacked
-            self._segments.append(_Segment(number, path, size, unacked))
-            self._depth += unacked
-            self._size += size
+            counted = None if number == last_number or start else _read_count(path)
+            if counted is not None:  # full, wholly waiting, its count beside it
+                self._segments.append(_Segment(number, path, counted[1], counted[0], counted[0]))
+                lines += counted[0]
+                self._depth += counted[0]
+                self._size += counted[1]
+                continue
+            segment, lost = self._scan(number, path, start)
+            lost_bytes += lost[0]
+            lost_lines += lost[1]
+            lines += segment.unacked
+            self._segments.append(segment)
+            self._depth += segment.unacked
+            self._size += segment.size
+        for stray in self.directory.glob(f"*{COUNT_SUFFIX}"):
+            if not stray.with_suffix(SUFFIX).exists():
+                stray.unlink(missing_ok=True)
         if self._segments:
             first = self._segments[0]
             if cursor is not None and cursor[0] == first.number:
@@ -371,6 +384,44 @@ class DiskBuffer:
             )
         return Recovery(len(self._segments), lines, lost_bytes, lost_lines)
 
+    def _scan(self, number: int, path: Path, start: int) -> tuple[_Segment, tuple[int, int]]:
+        """A segment checked record by record: (it, (bytes, lines) lost after `start`)."""
+        data = path.read_bytes()
+        start = min(start, len(data))
+        total = unacked = lost_bytes = lost_lines = 0
+        # From the cursor: a torn tail right after the acked position is cut off too.
+        good_end = start
+        bad_offsets: list[int] = []
+        for record in _records(data):
+            if record.lines is not None:
+                total += len(record.lines)
+                if record.offset >= start:
+                    unacked += len(record.lines)
+                    good_end = record.end
+                continue
+            if record.end <= start:
+                continue  # acknowledged already: nothing lost
+            bad_offsets.append(record.offset)
+            lost_bytes += record.end - record.offset
+            lost_lines += record.count
+            log.error(
+                "buffer %s: %d bytes at offset %d cannot be read back (%s); "
+                "about %d lines lost, the records around them are kept",
+                path,
+                record.end - record.offset,
+                record.offset,
+                "a write cut short by a crash" if record.end == len(data) else "corrupt",
+                record.count,
+            )
+        size = len(data)
+        if good_end < size and self._torn_tail(data, good_end):
+            # Cut the torn tail off, so appending after it leaves no hole to skip later.
+            with path.open("r+b") as file:
+                file.truncate(good_end)
+            size = good_end
+        self._known_bad.update((number, o) for o in bad_offsets if o < size)
+        return _Segment(number, path, size, unacked, total), (lost_bytes, lost_lines)
+
     @staticmethod
     def _torn_tail(data: bytes, good_end: int) -> bool:
         """Whether everything after `good_end` is unreadable (a write cut short), not a good
@@ -378,6 +429,10 @@ class DiskBuffer:
         return all(r.lines is None for r in _records(data, good_end))
 
     def _new_segment(self, number: int) -> None:
+        if self._segments:
+            full = self._segments[-1]
+            head = struct.pack("<QQ", full.lines, full.size)
+            full.count_path.write_bytes(head + struct.pack("<I", zlib.crc32(head)))
         path = self.directory / f"{number:020d}{SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o640)
         with self._fd_lock:  # held only to swap: the fsyncs happen in `sync`
@@ -385,7 +440,7 @@ class DiskBuffer:
                 self._retired.append(self._fd)
             self._fd = fd
             self._directory_unsynced = True  # the new name must survive a power cut too
-        self._segments.append(_Segment(number, path, 0, 0))
+        self._segments.append(_Segment(number, path, 0, 0, 0))
         if not self.fsync_interval:
             self.sync()
 
@@ -437,6 +492,7 @@ class DiskBuffer:
             raise
         segment.size += len(record)
         segment.unacked += len(lines)
+        segment.lines += len(lines)
         self._size += len(record)
         self._depth += len(lines)
         if self._cache_valid and (at_end or self._cache):
@@ -545,7 +601,7 @@ class DiskBuffer:
         while len(self._segments) > 1 and self._segments[0].number < self._ack[0]:
             done_with = self._segments.popleft()
             self._size -= done_with.size
-            done_with.path.unlink(missing_ok=True)
+            done_with.remove()
         self._save_cursor()
 
     def _save_cursor(self) -> None:
@@ -569,7 +625,7 @@ class DiskBuffer:
             # The batch being sent may still be stored by the write under way, but it is no
             # longer on disk, so a restart would lose it: it counts as dropped too.
             self._taken_per_segment.pop(oldest.number, 0)
-        oldest.path.unlink(missing_ok=True)
+        oldest.remove()
         first = self._segments[0]
         if self._ack[0] <= oldest.number:
             self._ack = (first.number, 0)

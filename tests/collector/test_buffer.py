@@ -566,8 +566,10 @@ def test_corruption_in_an_older_segment(tmp_path: Path, buffers: list[DiskBuffer
 
     again = open_buffer(tmp_path)
     buffers.append(again)
-    assert again.recovery.lost_lines == 2
-    assert again.depth == 78
+    # A full segment is taken at its count when opening (a backlog of days opens in a
+    # second); the damage is found, counted and skipped when it is read back.
+    assert again.recovery.lost_lines == 0
+    assert again.depth == 80
     assert drain(again, 5) == flatten(batches[:1] + batches[2:])
     assert again.corrupt_lines == 2
     assert again.depth == 0

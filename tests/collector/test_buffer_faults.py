@@ -141,3 +141,37 @@ def test_a_bit_flipped_line_count_cannot_claim_more_than_the_damage(
     assert 1 <= buffer.corrupt_lines <= span // 4
     assert buffer.depth == 9
     assert drain(buffer) == [f"m v={i}i {i}" for i in range(10) if i != 1]
+
+
+def test_full_segments_open_by_their_counts_and_a_bad_count_is_not_trusted(
+    tmp_path: Path, opened: list[DiskBuffer]
+) -> None:
+    directory = tmp_path / "buffer"
+    buffer = open_buffer(directory, opened)
+    lines = [f"m,n={i} v={'x' * 200} {i}" for i in range(100)]
+    for line in lines:
+        buffer.put([line])
+    buffer.close()
+    segments = sorted(directory.glob("*.seg"))
+    counts = sorted(directory.glob("*.lines"))
+    assert len(segments) >= 4
+    assert [c.stem for c in counts] == [s.stem for s in segments[:-1]]  # all but the last
+    # A count that lies (its checksum fails) or no longer fits its segment is not used.
+    data = bytearray(counts[0].read_bytes())
+    data[0] ^= 1
+    counts[0].write_bytes(bytes(data))
+    with segments[1].open("ab") as grown:
+        grown.write(b"\0" * 7)  # a torn record after the count was written
+    again = open_buffer(directory, opened)
+    assert again.depth == 100
+    assert again.recovery.lost_bytes == 7
+    assert drain(again) == lines
+    assert sorted(directory.glob("*.lines")) == []  # acknowledged: gone with their segments
+
+
+def test_a_count_without_its_segment_is_removed(tmp_path: Path, opened: list[DiskBuffer]) -> None:
+    directory = tmp_path / "buffer"
+    directory.mkdir()
+    (directory / f"{5:020d}.lines").write_bytes(b"left over")
+    open_buffer(directory, opened)
+    assert not list(directory.glob("*.lines"))
