@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 __all__ = [
-    "BufferError",
+    "BufferDirectoryError",
     "BufferInfo",
     "DiskBuffer",
     "Recovery",
@@ -57,7 +57,7 @@ MAX_RECORD = 256 * 1024 * 1024  # a length beyond this is corruption, not a reco
 WhenFull = Literal["drop_oldest", "drop_newest"]
 
 
-class BufferError(Exception):
+class BufferDirectoryError(Exception):
     """The buffer directory cannot be used (not writable, used by another collector)."""
 
 
@@ -253,7 +253,7 @@ class DiskBuffer:
         self,
         directory: Path,
         *,
-        max_bytes: int = 2 * 1024**3,
+        max_bytes: int = 4 * 1024**3,
         segment_bytes: int = 32 * 1024**2,
         fsync_interval: float = 1.0,
         when_full: WhenFull = "drop_oldest",
@@ -282,12 +282,14 @@ class DiskBuffer:
             directory.mkdir(parents=True, exist_ok=True)
             self._lock = (directory / "lock").open("a+b")
         except OSError as exc:
-            raise BufferError(f"buffer directory {directory}: cannot use it ({exc})") from exc
+            raise BufferDirectoryError(
+                f"buffer directory {directory}: cannot use it ({exc})"
+            ) from exc
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             self._lock.close()
-            raise BufferError(
+            raise BufferDirectoryError(
                 f"buffer directory {directory} is in use by another collector: give each "
                 "collector a buffer directory of its own"
             ) from exc
@@ -318,7 +320,13 @@ class DiskBuffer:
         self._cursor_fd = -1
         self._cursor_sequence = 0
         self._directory_unsynced = False
-        self.recovery = self._open()
+        try:
+            self.recovery = self._open()
+        except OSError as exc:
+            self.close()
+            raise BufferDirectoryError(
+                f"buffer directory {directory}: cannot open it ({exc})"
+            ) from exc
 
     # -- opening and recovery ------------------------------------------------------------------
 

@@ -205,7 +205,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _collect(args: argparse.Namespace) -> int:
     from collector.app import Collector
-    from collector.buffer import BufferError
+    from collector.buffer import BufferDirectoryError
     from collector.sinks.influxdb import InfluxDBSink
 
     try:
@@ -230,7 +230,7 @@ def _collect(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
-    except BufferError as exc:
+    except BufferDirectoryError as exc:
         print(exc, file=sys.stderr)
         return 1
     return 0

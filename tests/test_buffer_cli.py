@@ -163,3 +163,17 @@ def test_a_record_appended_while_the_quarantine_is_moved_aside_lands_in_the_new_
     assert not writer.is_alive()
     assert path.read_text() == "new\n"
     assert "new" not in aside.read_text()
+
+
+def test_a_second_collector_on_the_same_buffer_is_refused_by_name(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    held = DiskBuffer(tmp_path / "buffer", max_bytes=1 << 20, segment_bytes=1 << 16)
+    try:
+        result = aguante("collect", str(config))
+    finally:
+        held.close()
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"buffer directory {tmp_path / 'buffer'} is in use by another collector: give each "
+        "collector a buffer directory of its own"
+    )

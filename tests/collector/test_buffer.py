@@ -24,7 +24,7 @@ from hypothesis.stateful import (
 
 from collector.buffer import (
     MAGIC,
-    BufferError,
+    BufferDirectoryError,
     DiskBuffer,
     Recovery,
     _encode_record,
@@ -626,7 +626,7 @@ def test_a_second_buffer_on_the_same_directory_is_refused(
     buffer = open_buffer(tmp_path)
     buffers.append(buffer)
     buffer.put(["a"])
-    with pytest.raises(BufferError, match="in use by another collector"):
+    with pytest.raises(BufferDirectoryError, match="in use by another collector"):
         open_buffer(tmp_path)
     assert buffer.take(1) == ["a"]  # the refused one changed nothing
     buffer.close()
@@ -638,7 +638,7 @@ def test_a_second_buffer_on_the_same_directory_is_refused(
 def test_an_unusable_directory_is_refused(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(BufferError, match="cannot use it"):
+    with pytest.raises(BufferDirectoryError, match="cannot use it"):
         open_buffer(blocker / "buffer")
 
 

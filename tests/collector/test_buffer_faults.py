@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.buffer import DiskBuffer, write_cursor
+from collector.buffer import BufferDirectoryError, DiskBuffer, write_cursor
 from tests.collector.test_buffer import crash
 
 SEGMENT = 4096
@@ -175,3 +175,13 @@ def test_a_count_without_its_segment_is_removed(tmp_path: Path, opened: list[Dis
     (directory / f"{5:020d}.lines").write_bytes(b"left over")
     open_buffer(directory, opened)
     assert not list(directory.glob("*.lines"))
+
+
+def test_a_segment_that_cannot_be_read_is_a_clear_error(tmp_path: Path) -> None:
+    directory = tmp_path / "buffer"
+    (directory / f"{1:020d}.seg").mkdir(parents=True)  # not a file: reading it fails
+    with pytest.raises(BufferDirectoryError, match=f"buffer directory {directory}: cannot open it"):
+        DiskBuffer(directory)
+    # The lock was released: a second try meets the same problem, not "in use".
+    with pytest.raises(BufferDirectoryError, match="cannot open it"):
+        DiskBuffer(directory)
