@@ -20,7 +20,6 @@ import ctypes
 import datetime as dt
 import json
 import os
-import platform
 import random
 import selectors
 import signal
@@ -31,7 +30,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +45,7 @@ import buffer_bench  # noqa: E402  (benchmarks/, the script's own directory)
 import kpi_bench  # noqa: E402
 import maintenance_bench  # noqa: E402
 import mqtt_bench  # noqa: E402
+from machine import machine_description  # noqa: E402
 
 from tests.services import InfluxDB  # noqa: E402
 
@@ -507,37 +506,6 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 # -- the report ----------------------------------------------------------------------------------
-
-
-def machine_description() -> dict[str, str]:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    ram = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    try:
-        influxd = subprocess.run(
-            ["influxd", "version"], capture_output=True, text=True, timeout=10, check=False
-        ).stdout.strip()
-    except OSError:
-        influxd = "?"
-    return {
-        "cpu": model,
-        "cores": str(os.cpu_count()),
-        "ram": ram,
-        "kernel": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "pymodbus": version("pymodbus"),
-        "httpx": version("httpx"),
-        "aguante": version("aguante"),
-        "influxd": influxd,
-    }
 
 
 def _f(value: float, digits: int = 2) -> str:

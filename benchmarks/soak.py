@@ -31,7 +31,6 @@ import functools
 import json
 import math
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -53,6 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin, where `aguante` is installed
 AGUANTE = str(BIN / "aguante")
 sys.path.insert(0, str(ROOT))  # for tests.services (the tests' own influxd and mosquitto)
+
+from machine import machine_line  # noqa: E402  (benchmarks/, the script's own directory)
 
 from collector.buffer import buffered_lines, inspect_buffer  # noqa: E402
 from collector.config import InfluxDBConfig  # noqa: E402
@@ -818,20 +819,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 # -- the report -----------------------------------------------------------------------------------
-
-
-def machine_line() -> str:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    memory = ""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        kib = int(Path("/proc/meminfo").read_text().splitlines()[0].split()[1])
-        memory = f", {kib / 1024**2:.1f} GiB RAM"
-    return f"{model}, {os.cpu_count()} cores{memory}, Linux {platform.release()}"
 
 
 def table(result: dict[str, Any]) -> list[str]:
