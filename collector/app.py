@@ -159,14 +159,13 @@ class Collector:
         while True:
             try:
                 async for reading in source:
-                    taken = delivery.submit([self.to_point(reading)])
+                    points = [self.to_point(reading)]
                     if self.capacity is not None:
-                        derived = self.capacity.observe(reading)
-                        if derived:
-                            taken = delivery.submit(derived) and taken
-                    # Acknowledged only once on disk: if the buffer cannot take it (disk full),
-                    # the broker keeps the message and sends it again after a reconnection.
-                    if reading.ack is not None and taken:
+                        points += self.capacity.observe(reading)
+                    # One write to the buffer; acknowledged only once it is on disk: if the
+                    # buffer cannot take it (disk full), the broker keeps the message and sends
+                    # it again after a reconnection.
+                    if delivery.submit(points) and reading.ack is not None:
                         reading.ack()
                 # A source that ends is started again, after the same pause as a failed one.
                 log.warning(
