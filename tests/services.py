@@ -4,15 +4,18 @@ certificates for it (Debian's `openssl`)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
+import hashlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -254,6 +257,7 @@ class Mosquitto(_Service):
         tls: TlsFiles | None = None,
         require_certificate: bool = False,
         users: Mapping[str, str] | None = None,
+        acls: Mapping[str, Sequence[tuple[str, str]]] | None = None,
     ) -> None:
         super().__init__(root, executable, "install Mosquitto (Debian: apt-get install mosquitto)")
         if require_certificate and tls is None:
@@ -265,6 +269,13 @@ class Mosquitto(_Service):
         self.persistence = True  # False: a restart forgets sessions, as a broker without it does
         self.require_certificate = require_certificate
         self.users = dict(users) if users is not None else None
+        # user → the (acltype, topic) pairs allowed to them, e.g. ("subscribePattern", "a/#"),
+        # ("publishClientSend", "a/b"); everything else is denied. Enforced by Mosquitto's
+        # dynamic-security plugin, which (unlike an acl_file) refuses a SUBSCRIBE it does not
+        # allow, as most brokers do. Users come from `users`.
+        if acls is not None and (users is None or set(acls) - set(users)):
+            raise ValueError("acls name users that `users` gives passwords for")
+        self.acls = {user: list(pairs) for user, pairs in acls.items()} if acls else None
         self._passwd = _find_passwd_tool() if users is not None else None
         self.port = free_port()
         scheme = "mqtts" if tls is not None else "mqtt"
@@ -292,7 +303,12 @@ class Mosquitto(_Service):
                 f"keyfile {self.tls.server_key}",
                 f"require_certificate {'true' if self.require_certificate else 'false'}",
             ]
-        if self.users is not None:
+        if self.acls is not None:
+            lines += [
+                f"plugin {_find_dynamic_security_plugin()}",
+                f"plugin_opt_config_file {self._write_dynamic_security()}",
+            ]
+        elif self.users is not None:
             lines.append(f"password_file {self._write_password_file()}")
         if os.geteuid() == 0:
             lines.append("user root")  # or it drops to `mosquitto`, who cannot write in root's tmp
@@ -310,6 +326,39 @@ class Mosquitto(_Service):
         with os.fdopen(fd, "w") as file:
             file.writelines(f"{user}:{password}\n" for user, password in self.users.items())
         _run([self._passwd, "-U", str(path)], "mosquitto_passwd")
+        return path
+
+    def _write_dynamic_security(self) -> Path:
+        # The plugin's own JSON: PBKDF2-SHA512 password hashes, one role per user.
+        assert self.users is not None and self.acls is not None
+        clients, roles = [], []
+        for user, password in self.users.items():
+            salt = os.urandom(12)
+            digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, 64)
+            clients.append(
+                {
+                    "username": user,
+                    "password": base64.b64encode(digest).decode(),
+                    "salt": base64.b64encode(salt).decode(),
+                    "iterations": 101,
+                    "roles": [{"rolename": user}],
+                }
+            )
+            acls = [
+                {"acltype": kind, "topic": topic, "priority": 0, "allow": True}
+                for kind, topic in self.acls.get(user, [])
+            ]
+            roles.append({"rolename": user, "acls": acls})
+        access = {
+            "publishClientSend": False,
+            "publishClientReceive": True,
+            "subscribe": False,
+            "unsubscribe": True,
+        }
+        path = self.root / "dynamic-security.json"
+        text = json.dumps({"defaultACLAccess": access, "clients": clients, "roles": roles})
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o600)
         return path
 
     def _accepts(self) -> bool:
@@ -400,6 +449,15 @@ def make_tls_files(directory: Path, *, name: str = "aguante test", days: int = 2
             "openssl",
         )  # fmt: skip
     return files
+
+
+def _find_dynamic_security_plugin() -> str:
+    # Debian's mosquitto package brings it beside libmosquitto.
+    found = sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"))
+    found += sorted(Path("/usr/lib").glob("mosquitto_dynamic_security.so"))
+    if not found:
+        raise ServiceError("Mosquitto's dynamic-security plugin is missing (Debian: mosquitto)")
+    return str(found[0])
 
 
 def _find_passwd_tool() -> str:

@@ -154,6 +154,12 @@ def collector_process(config_path: Path, log: Path) -> Iterator[subprocess.Popen
         process.wait(10)
 
 
+def subscribed(log: Path) -> int:
+    """How many times the collector logging to `log` had its MQTT subscriptions granted."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return text.count(": connected, ")
+
+
 def wait_for(check: Callable[[], bool], within: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + within
     while not check():
@@ -183,12 +189,17 @@ async def test_sigkill_during_an_outage_loses_nothing_the_buffer_took(
 
     def run_and_kill() -> None:
         before = inspect_buffer(buffer_dir).lines
+        sessions = subscribed(log)
         with collector_process(config_path, log) as process:
-            # Killed once it has taken readings of its own (or after 10 s, at worst).
+            # Killed once it has taken readings of its own and the broker has answered its
+            # SUBSCRIBE: messages published before the first SUBSCRIBE ever are kept for nobody.
             wait_for(
-                lambda: inspect_buffer(buffer_dir).lines > before or process.poll() is not None,
+                lambda: (
+                    (inspect_buffer(buffer_dir).lines > before and subscribed(log) > sessions)
+                    or process.poll() is not None
+                ),
                 20.0,
-                "the collector's first readings",
+                "the collector's first readings and its subscriptions",
                 log,
             )
             assert process.poll() is None, log.read_text(errors="replace")[-3000:]

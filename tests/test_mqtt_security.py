@@ -361,6 +361,42 @@ async def test_username_password_and_tls_with_a_client_certificate_together(
         await readings_arrive(config, influxdb, tmp_path, publish)
 
 
+async def test_a_subscription_the_acl_refuses_is_said_once_and_the_rest_flow(
+    start_broker: Callable[..., Mosquitto],
+    influxdb: InfluxDBDatabase,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The collector may read the saw's topic but not the furnace's: the broker answers the
+    # SUBSCRIBE with a refusal for that filter, and the operator must learn which one.
+    caplog.set_level(logging.INFO)
+    acls = {"collector": [("subscribePattern", TOPIC)], "board": [("publishClientSend", TOPIC)]}
+    broker = start_broker(users=USERS, acls=acls)
+    environ = {"AGUANTE_MQTT_USERNAME": "collector", "AGUANTE_MQTT_PASSWORD": USERS["collector"]}
+    text = CONFIG.format(
+        influx=influxdb.url,
+        database=influxdb.database,
+        broker=broker.url,
+        client_id=CLIENT_ID,
+        tls="",
+        topic=TOPIC,
+    )
+    text += "  - id: furnace-1\n    sector: shop\n    mqtt:\n      - topic: planta/furnace-1/t\n"
+    text += "        signals: [{name: temperature}]\n"
+    influxdb.create()
+    config = parse_config(text, environ=environ)
+    with board(broker, username="board", password=USERS["board"]) as publish:
+        await readings_arrive(config, influxdb, tmp_path, publish)
+    assert source_messages(caplog, logging.WARNING) == [
+        f"mqtt {broker.url}: the broker refused 1 of 2 subscriptions: planta/furnace-1/t "
+        "(does its ACL let this user read them?)"
+    ]
+    assert (
+        source_messages(caplog, logging.INFO)[-1]
+        == f"mqtt {broker.url}: connected, 1 subscriptions"
+    )
+
+
 @pytest.mark.parametrize(
     "environ",
     [

@@ -213,6 +213,8 @@ class MqttSource:
         self._accepted = False
         self._refused_now = False
         self._generation = 0
+        self._subscribe_mid: int | None = None
+        self._refused_filters: list[str] = []
         self._connecting: asyncio.Future[Any] | None = None
         self._client: paho.Client | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -420,6 +422,7 @@ class MqttSource:
         client.manual_ack_set(True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -456,8 +459,32 @@ class MqttSource:
                 self.client_id,
             )
         qos: int = self.settings.qos
-        client.subscribe([(f, qos) for f in self.filters])
+        _result, self._subscribe_mid = client.subscribe([(f, qos) for f in self.filters])
         self._link_state(True, "")
+
+    def _on_subscribe(
+        self, _c: paho.Client, _u: Any, mid: int, reason_codes: list[Any], _p: Any
+    ) -> None:
+        # Said once the broker answered the SUBSCRIBE: from here on it keeps our messages. A
+        # refusal (Mosquitto 2 refuses a filter its ACL does not let this user read) would
+        # otherwise leave those boards silent with nothing in the log.
+        if mid != self._subscribe_mid:
+            return
+        refused = [
+            f for f, code in zip(self.filters, reason_codes, strict=False) if code.is_failure
+        ]
+        if refused != self._refused_filters:
+            self._refused_filters = refused
+            if refused:
+                log.warning(
+                    "%s: the broker refused %d of %d subscriptions: %s (does its ACL let this "
+                    "user read them?)",
+                    self.name,
+                    len(refused),
+                    len(self.filters),
+                    ", ".join(refused),
+                )
+        log.info("%s: connected, %d subscriptions", self.name, len(self.filters) - len(refused))
 
     def _on_log(self, _c: paho.Client, _u: Any, level: int, text: str) -> None:
         if level == paho.MQTT_LOG_ERR:
@@ -511,7 +538,6 @@ class MqttSource:
 
     def _link_state(self, up: bool, reason: str) -> None:
         if up and not self._connected:
-            log.info("%s: connected, %d subscriptions", self.name, len(self.filters))
             self._refused = False
         elif not up and self._connected and not self._closing:
             log.warning("%s: connection lost (%s); reconnecting with backoff", self.name, reason)
