@@ -13,6 +13,8 @@ __all__ = [
     "COLLECTOR",
     "MACHINE_STATE",
     "READING",
+    "RELIABILITY",
+    "RULE_STATUS",
     "STATE_CODES",
     "STOP",
     "STOP_FIELDS",
@@ -40,6 +42,10 @@ UTILIZATION_HOURLY = "utilization_1h"
 UTILIZATION_DAILY = "utilization_1d"
 STOP = "stop"
 TICKET = "ticket"
+# Written by the maintenance service every cycle, for dashboards: the last verdict of each rule on
+# each machine (meters' progress, drift, the open ticket), and each machine's MTBF and MTTR.
+RULE_STATUS = "rule_status"
+RELIABILITY = "reliability"
 COLLECTOR = "collector"
 
 TAG_FACTORY = "factory"

@@ -780,7 +780,9 @@ def _plan_meter(cycle: _Cycle, rule: Rule, machines: list[Machine]) -> Finisher:
             name = due[1]
             limit = limits[name]
             assert limit is not None
-            values.update(value=values[name], limit=_nice(limit), reached="")
+            # `progress` (the largest share of a limit) is for the dashboards' gauges
+            # (maintenance/status.py); templates may show it too.
+            values.update(value=values[name], limit=_nice(limit), reached="", progress=due[0])
             verdict: Verdict = "clear"
             if due[0] >= 1:
                 verdict = "fire"

@@ -4,16 +4,20 @@ findings into tickets, and tell the crews (docs/maintenance.md).
 It reads only what is stored and the config, never a running collector, so either can restart
 or several collectors can feed one plant. Ticket events go to InfluxDB (`ticket`, for Grafana
 annotations) and, through the store's outbox, to each crew's notification targets; a failed
-write or notice is kept and tried again, never dropped.
+write or notice is kept and tried again, never dropped. Each cycle also writes what the
+dashboards cannot read from the store: every finding with its open ticket (`rule_status`) and
+every machine's MTBF and MTTR (`reliability`), built by maintenance/status.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,11 +25,21 @@ from collector.config import Config, Crew, Language, Machine, Rule
 from collector.i18n import translate
 from collector.influxql import InfluxQL
 from collector.schema import Point
-from collector.sinks import Sink, WriteError
+from collector.sinks import RejectedWriteError, RetryableWriteError, Sink, WriteError
 from maintenance.events import ticket_point
-from maintenance.model import Finding, Notice, TicketEvent
+from maintenance.model import Finding, Notice, Status, Ticket, TicketEvent
 from maintenance.notify import Notifier, deliver
 from maintenance.rules import evaluate
+from maintenance.status import (
+    RELIABILITY_DAYS,
+    failure_rules,
+    machines_with_failures,
+    opened_at,
+    reliability_figures,
+    reliability_point,
+    rule_status_points,
+)
+from maintenance.store import HistoryEntry
 
 __all__ = ["CycleReport", "MaintenanceService", "TicketPublisher", "crews_for", "render"]
 
@@ -33,6 +47,8 @@ log = logging.getLogger(__name__)
 
 SYSTEM_ACTOR = "aguante"
 NOTICES_PER_CYCLE = 200
+UNRESOLVED: tuple[Status, ...] = ("open", "acknowledged", "in_progress")
+_PAGE = 1000  # unresolved tickets read per query; at most one per machine and rule
 
 
 class Store(Protocol):
@@ -55,13 +71,23 @@ class Store(Protocol):
 
     def queue_notice(self, notice: Notice, now_ms: int) -> Any: ...
 
-    def due_notices(self, now_ms: int, limit: int) -> list[tuple[int, Notice, int]]: ...
+    def due_notices(self, now_ms: int, limit: int) -> builtins.list[tuple[int, Notice, int]]: ...
 
     def notice_sent(self, outbox_id: int, now_ms: int) -> Any: ...
 
     def notice_failed(
         self, outbox_id: int, error: str, now_ms: int, retry_at_ms: int | None
     ) -> Any: ...
+
+    def list(
+        self, status: Collection[Status] | None = None, *, limit: int, offset: int
+    ) -> Sequence[Ticket]: ...
+
+    def history(self, ticket_id: int) -> Sequence[HistoryEntry]: ...
+
+    def mtbf_mttr(
+        self, machine: str, start_ms: int, end_ms: int, *, rules: Collection[str] | None = None
+    ) -> tuple[float | None, float | None]: ...
 
 
 @dataclass
@@ -114,7 +140,8 @@ class _Visible(dict[str, Any]):
 
 
 class TicketPublisher:
-    """Turns ticket events — from rules or from people — into `ticket` points and notices."""
+    """Turns ticket events — from rules or from people — into `ticket` points and notices, and
+    writes the service's status points (`hold_status`) with them."""
 
     def __init__(
         self,
@@ -129,6 +156,14 @@ class TicketPublisher:
         self.sink = sink
         self.base_url = base_url.rstrip("/")
         self._unwritten: list[Point] = []
+        self._status: list[Point] = []
+
+    def hold_status(self, points: Sequence[Point]) -> None:
+        """Keep a cycle's `rule_status` and `reliability` points for the next flush, in place of
+        any older ones still unwritten: they are a snapshot of the plant at one moment, and once
+        a newer one exists an older one is worthless (a dashboard shows the last). So however
+        long InfluxDB is away, one cycle's worth is held, not one per cycle."""
+        self._status = list(points)
 
     async def publish(self, events: list[TicketEvent], now_ms: int) -> None:
         for event in events:
@@ -138,15 +173,29 @@ class TicketPublisher:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write the `ticket` points held; kept for the next try when InfluxDB is away."""
-        if not self._unwritten:
-            return
-        try:
-            await self.sink.write(self._unwritten)
-        except WriteError as exc:
-            log.warning("ticket events not written to InfluxDB yet (%s); will retry", exc)
-            return
-        self._unwritten = []
+        """Write the points held: every `ticket` point (each is an event Grafana annotates),
+        kept for the next try when InfluxDB is away; then the newest status snapshot, likewise
+        (apart, so that a status point InfluxDB refuses never holds up the ticket events)."""
+        # Taken out before the write, so what a concurrent publish adds meanwhile is not lost.
+        events, self._unwritten = self._unwritten, []
+        if events:
+            try:
+                await self.sink.write(events)
+            except WriteError as exc:
+                log.warning("ticket events not written to InfluxDB yet (%s); will retry", exc)
+                self._unwritten = events + self._unwritten
+                if isinstance(exc, RetryableWriteError):
+                    return  # InfluxDB is away: one timeout per flush, not two
+        status, self._status = self._status, []
+        if status:
+            try:
+                await self.sink.write(status)
+            except RejectedWriteError as exc:  # the rest was written; these never will be
+                log.warning("rule status points refused by InfluxDB: %s", exc)
+            except WriteError as exc:
+                log.warning("rule status not written to InfluxDB yet (%s); will retry", exc)
+                if not self._status:  # unless a newer snapshot came meanwhile
+                    self._status = status
 
     def notices(self, event: TicketEvent) -> list[Notice]:
         ticket = event.ticket
@@ -217,6 +266,9 @@ class MaintenanceService:
         self.notifiers = notifiers
         self._clock = clock
         self.last: CycleReport | None = None
+        # When each unresolved ticket was opened or last reopened: from this service's own
+        # events, else read once from the ticket's history (after a start).
+        self._opened: dict[int, int] = {}
 
     def _now_ms(self) -> int:
         return round(self._clock() * 1000)
@@ -250,8 +302,13 @@ class MaintenanceService:
             if event is not None:
                 events.append(event)
         report.events = len(events)
-        await self.publisher.publish(events, now)
-        await self.publisher.flush()
+        try:
+            status = await asyncio.to_thread(self._status_points, findings, events, now)
+        except Exception as exc:  # the store away: the tickets say so too; try next cycle
+            report.errors.append(f"rule status not read: {exc}")
+        else:
+            self.publisher.hold_status(status)
+        await self.publisher.publish(events, now)  # and writes the held points
         due = await asyncio.to_thread(self.store.due_notices, now, NOTICES_PER_CYCLE)
         sent: list[int] = []
         failed: list[tuple[int, str, int | None]] = []
@@ -270,6 +327,42 @@ class MaintenanceService:
         report.seconds = time.monotonic() - started
         self.last = report
         return report
+
+    def _status_points(
+        self, findings: Sequence[Finding], events: Sequence[TicketEvent], now: int
+    ) -> list[Point]:
+        """The cycle's `rule_status` and `reliability` points. Reads the unresolved tickets at
+        once, the history of a ticket not seen before, and each machine's MTBF and MTTR."""
+        unresolved: list[Ticket] = []
+        while True:
+            page = self.store.list(UNRESOLVED, limit=_PAGE, offset=len(unresolved))
+            unresolved += page
+            if len(page) < _PAGE:
+                break
+        for event in events:
+            if event.kind in ("opened", "reopened"):
+                self._opened[event.ticket.id] = event.at_ms
+        current = {t.id for t in unresolved}
+        self._opened = {i: at for i, at in self._opened.items() if i in current}
+        tickets = {(t.machine, t.rule): t for t in unresolved}
+        for finding in findings:
+            ticket = tickets.get((finding.machine, finding.rule))
+            if ticket is not None and ticket.id not in self._opened:
+                found = opened_at(self.store.history(ticket.id))
+                self._opened[ticket.id] = ticket.opened_ms if found is None else found
+        points = rule_status_points(self.config, findings, tickets, self._opened, now)
+        start = now - RELIABILITY_DAYS * 86_400_000
+        rules = failure_rules(self.config)
+        open_tickets = Counter(t.machine for t in unresolved)
+        for machine in machines_with_failures(self.config):
+            mtbf_s, mttr_s = self.store.mtbf_mttr(machine.id, start, now, rules=rules)
+            figures = reliability_figures(mtbf_s, mttr_s, start, now)
+            points.append(
+                reliability_point(
+                    self.config.factory, machine, figures, open_tickets[machine.id], now
+                )
+            )
+        return points
 
     def _apply(self, finding: Finding, now: int) -> TicketEvent | None:
         machines = {m.id: m for m in self.config.machines}

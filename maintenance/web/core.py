@@ -28,6 +28,7 @@ from collector.stops import (
     parse_stop_id,
 )
 from maintenance.model import Ticket, TicketEvent
+from maintenance.status import failure_rules, reliability_figures
 from maintenance.store import InvalidEntry, TicketNotFound, TicketStore, TransitionRefused
 from maintenance.web.auth import (
     LoginLimiter,
@@ -255,10 +256,6 @@ class Web:
 
     # -- reliability
 
-    def failure_rules(self) -> list[str]:
-        """The rules whose tickets are failures: all but the meters, which plan service."""
-        return [r.id for r in self.config.maintenance.rules if r.meter is None]
-
     async def reliability(self, machine_id: str, days: int) -> Reliability:
         """MTBF and MTTR of a machine over the last `days`, from its failure rules' tickets."""
         machine = self.machine(machine_id)
@@ -272,18 +269,11 @@ class Web:
         end = self.now_ms()
         start = end - days * 86_400_000
         mtbf_s, mttr_s = await asyncio.to_thread(
-            self.store.mtbf_mttr, machine.id, start, end, rules=self.failure_rules()
+            self.store.mtbf_mttr, machine.id, start, end, rules=failure_rules(self.config)
         )
-        # MTBF is the window over the failures in it: the count comes back exactly.
-        failures = round((end - start) / 1000 / mtbf_s) if mtbf_s else 0
+        figures = reliability_figures(mtbf_s, mttr_s, start, end)
         return Reliability(
-            machine.id,
-            days,
-            start,
-            end,
-            None if mtbf_s is None else mtbf_s / 3600,
-            None if mttr_s is None else mttr_s / 3600,
-            failures,
+            machine.id, days, start, end, figures.mtbf_h, figures.mttr_h, figures.failures
         )
 
     # -- stops

@@ -19,6 +19,7 @@ from collector.config import LANGUAGES, Language
 from collector.i18n import translate
 from collector.stops import Stop, clock, reason_name
 from maintenance.model import STATUSES, Status, Ticket
+from maintenance.status import RELIABILITY_DAYS
 from maintenance.store import InvalidEntry, TicketNotFound
 from maintenance.web.api import check_token, web_of
 from maintenance.web.auth import Principal, Session, may_change_sector
@@ -37,7 +38,6 @@ __all__ = ["SESSION_COOKIE", "error_page", "router"]
 SESSION_COOKIE: Final = "aguante_session"
 ACTIVE: Final[tuple[Status, ...]] = ("open", "acknowledged", "in_progress")
 READINGS_SHOWN: Final = 50
-RELIABILITY_DAYS: Final = 90
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
