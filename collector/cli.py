@@ -32,6 +32,7 @@ from collector.config import (
     json_schema,
     load_config,
 )
+from collector.db_cli import register as register_db
 from collector.i18n import translate
 
 if TYPE_CHECKING:
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollup.set_defaults(func=_rollup)
     register_buffer(commands)
+    register_db(commands)
 
     for entry in sorted(entry_points(group="aguante.commands"), key=lambda e: e.name):
         try:

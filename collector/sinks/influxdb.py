@@ -18,7 +18,13 @@ from collector.lineprotocol import InvalidPointError, encode_point, line_measure
 from collector.schema import UTILIZATION_DAILY, UTILIZATION_HOURLY, Point
 from collector.sinks import AuthWriteError, RejectedWriteError, RetryableWriteError, WriteError
 
-__all__ = ["ROLLUP_SHARD_DURATION", "InfluxDBSink", "rollup_policies"]
+__all__ = [
+    "ROLLUP_SHARD_DURATION",
+    "InfluxDBSink",
+    "create_database_statement",
+    "create_rollup_policy_statement",
+    "rollup_policies",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,20 @@ def rollup_policies(influx: InfluxDBConfig) -> dict[str, str]:
     if policy is None:
         return {}
     return {UTILIZATION_HOURLY: policy, UTILIZATION_DAILY: policy}
+
+
+def create_database_statement(database: str) -> str:
+    """`CREATE DATABASE`, idempotent in InfluxQL (the sink's start and `aguante db init`)."""
+    return f"CREATE DATABASE {_quote(database)}"
+
+
+def create_rollup_policy_statement(database: str, policy: str) -> str:
+    """The retention policy the hourly and daily sums go to: kept forever, one shard a year; not
+    the default one. Answered "already exists" by 1.x only when one of that name differs."""
+    return (
+        f"CREATE RETENTION POLICY {_quote(policy)} ON {_quote(database)} "
+        f"DURATION INF REPLICATION 1 SHARD DURATION {ROLLUP_SHARD_DURATION}"
+    )
 
 
 class _NotFound(AuthWriteError):
@@ -270,8 +290,8 @@ class InfluxDBSink:
         # Idempotent in InfluxQL. A write-only user may not create databases (the compose file
         # sets one up that way) and 2.x/3.x create them their own way: a refusal is logged and
         # writing goes ahead; a database really missing answers 404 on /write, which holds data.
-        quoted = '"' + self.database.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        response = await self._request("POST", "query", params={"q": f"CREATE DATABASE {quoted}"})
+        statement = create_database_statement(self.database)
+        response = await self._request("POST", "query", params={"q": statement})
         if response.status_code >= 500 or response.status_code == 429:
             raise self._status_error(response.status_code, _server_reason(response))
         error = _statement_error(response) if response.is_success else _server_reason(response)
@@ -283,10 +303,7 @@ class InfluxDBSink:
                 error,
             )
         for policy in sorted(set(self.retention_policies.values())):
-            statement = (
-                f"CREATE RETENTION POLICY {_quote(policy)} ON {quoted} "
-                f"DURATION INF REPLICATION 1 SHARD DURATION {ROLLUP_SHARD_DURATION}"
-            )
+            statement = create_rollup_policy_statement(self.database, policy)
             response = await self._request("POST", "query", params={"q": statement})
             if response.status_code >= 500 or response.status_code == 429:
                 raise self._status_error(response.status_code, _server_reason(response))
