@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests and the demo need: command to look for = package that brings it.
 DEBS   := influxd=influxdb mosquitto=mosquitto openssl=openssl chromium=chromium
 
-.PHONY: demo test lint typecheck unit bench soak system-deps venv clean
+.PHONY: demo test lint typecheck unit bench soak dashboards system-deps venv clean
 
 demo: system-deps venv
 	$(BIN)/python scripts/demo.py
@@ -33,6 +33,11 @@ bench: system-deps venv
 # reading; shorter with e.g. `make soak SOAK_ARGS="--minutes 5"`.
 soak: system-deps venv
 	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
+
+# The Grafana dashboards committed under dashboards/grafana/, rebuilt in each language after a
+# change to dashboards/grafana.py or its texts (a test fails while they are stale).
+dashboards: venv
+	for lang in es pt-BR en; do $(BIN)/aguante dashboards build --lang $$lang --out dashboards/grafana/$$lang; done
 
 # Installs from the distribution only what is missing, so a machine that has it all is untouched.
 system-deps:

@@ -42,6 +42,8 @@ COMMANDS = [
     "import",
     "rollup",
     "maintenance",
+    "db",
+    "dashboards",
 ]
 
 
