@@ -129,6 +129,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "AGUANTE_MQTT_PASSWORD": ("mqtt", "password"),
     "AGUANTE_STORE_URL": ("maintenance", "store"),
     "AGUANTE_SECRET_KEY": ("maintenance.web", "secret_key"),
+    "AGUANTE_WEB_HOST": ("maintenance.web", "host"),
     "AGUANTE_WEB_PORT": ("maintenance.web", "port"),
 }
 # Settings that only the environment may give: section → key → variable.
