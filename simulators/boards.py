@@ -540,6 +540,8 @@ class LiveBoard:
         *,
         period: float,
         keepalive: int = 30,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.firmware = firmware
         self.board = firmware.board
@@ -572,6 +574,8 @@ class LiveBoard:
             clean_session=True,
         )
         client = self._client
+        if username is not None:
+            client.username_pw_set(username, password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import signal
 import sys
 from typing import TextIO
@@ -14,6 +15,10 @@ from simulators.scenario import Scenario, ScenarioError, load_scenario, packaged
 from simulators.simulator import FAULT_KINDS, Simulator, parse_fault, run_scenario
 
 __all__ = ["print_map", "register", "simulate"]
+
+# The boards' login on a broker that refuses anonymous clients (docker-compose.yml's demo).
+MQTT_USERNAME_VARIABLE = "AGUANTE_SIMULATOR_MQTT_USERNAME"
+MQTT_PASSWORD_VARIABLE = "AGUANTE_SIMULATOR_MQTT_PASSWORD"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -49,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument(
         "--mqtt",
         metavar="URL",
-        help="also run the scenario's boards, publishing to this broker (mqtt://host:port)",
+        help="also run the scenario's boards, publishing to this broker (mqtt://host:port); "
+        f"a broker that wants a login: {MQTT_USERNAME_VARIABLE} and {MQTT_PASSWORD_VARIABLE}",
     )
     parser.add_argument(
         "--board-period",
@@ -91,6 +97,8 @@ def simulate(args: argparse.Namespace) -> int:
             control_port=None if args.list else control_port,
             mqtt_url=args.mqtt,
             board_period=args.board_period,
+            mqtt_username=os.environ.get(MQTT_USERNAME_VARIABLE) or None,
+            mqtt_password=os.environ.get(MQTT_PASSWORD_VARIABLE) or None,
         )
     except (ScenarioError, ValueError, KeyError) as exc:
         print(f"aguante simulate: {exc.args[0] if exc.args else exc}", file=sys.stderr)

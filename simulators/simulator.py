@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, get_args
+from urllib.parse import unquote
 
 from simulators.boards import LiveBoard, firmware_for
 from simulators.control import ControlServer
@@ -41,7 +42,9 @@ _DEFAULT_ARG: dict[FaultKind, float | None] = {
     "malformed": None,  # messages to spoil; none: until cleared
     "burst": 100,  # messages
 }
-_MQTT_URL = re.compile(r"^mqtt://(?P<host>[^/\s:]+)(:(?P<port>\d+))?/?$")
+_MQTT_URL = re.compile(
+    r"^mqtt://((?P<user>[^:@/\s]+)(:(?P<password>[^@/\s]*))?@)?(?P<host>[^/\s:@]+)(:(?P<port>\d+))?/?$"
+)
 
 
 class Endpoint(NamedTuple):
@@ -146,6 +149,8 @@ class Simulator:
         frozen: bool = False,
         mqtt_url: str | None = None,
         board_period: float | None = None,
+        mqtt_username: str | None = None,
+        mqtt_password: str | None = None,
     ) -> None:
         self.scenario = scenario
         self.host = host
@@ -187,8 +192,16 @@ class Simulator:
         if mqtt_url is not None:
             found = _MQTT_URL.match(mqtt_url)
             if found is None:
-                raise ValueError(f"MQTT URL {mqtt_url!r}: expected mqtt://host:port")
+                raise ValueError(
+                    f"MQTT URL {mqtt_url!r}: expected mqtt://[user:password@]host:port"
+                )
             self._broker = (found["host"], int(found["port"] or 1883))
+            if found["user"] is not None:  # the URL's own user wins over the arguments
+                mqtt_username = unquote(found["user"])
+                mqtt_password = unquote(found["password"] or "") or None
+                # Shown in the map and the log: without the password.
+                self.mqtt_url = f"mqtt://{self._broker[0]}:{self._broker[1]}"
+        self._mqtt_login = (mqtt_username, mqtt_password)
         if board_period is not None and board_period <= 0:
             raise ValueError(f"board period must be > 0 seconds, got {board_period}")
         self.board_period = board_period
@@ -239,7 +252,16 @@ class Simulator:
         for board in self.scenario.boards:
             firmware = firmware_for(board, self._model_of(board.machine), self.scenario.zone)
             period = self.board_period or board.period
-            live = LiveBoard(firmware, self.clock, host, port, period=period)
+            username, password = self._mqtt_login
+            live = LiveBoard(
+                firmware,
+                self.clock,
+                host,
+                port,
+                period=period,
+                username=username,
+                password=password,
+            )
             live.on_fault_over = self._fault_over
             self._boards[board.name] = live
             try:
@@ -523,6 +545,8 @@ def run_scenario(
     frozen: bool = False,
     mqtt_url: str | None = None,
     board_period: float | None = None,
+    mqtt_username: str | None = None,
+    mqtt_password: str | None = None,
 ) -> Simulator:
     """A simulator for `scenario`, serving while inside `async with`.
 
@@ -530,8 +554,10 @@ def run_scenario(
     (naive = the plant's local time; default: the scenario's `start`, else now); `faults` are
     `DEVICE=KIND[:ARG]` strings; `control_port` also starts the HTTP control endpoint;
     `frozen` starts with simulated time held at `start` (call `unfreeze` to let it run);
-    `mqtt_url` (mqtt://host:port) also runs the scenario's boards against that broker, each
-    publishing every `board_period` simulated seconds if given, else its own `period`.
+    `mqtt_url` (mqtt://[user:password@]host:port) also runs the scenario's boards against that
+    broker, each publishing every `board_period` simulated seconds if given, else its own
+    `period`; all boards log in as `mqtt_username` / `mqtt_password` when given (a broker that
+    refuses anonymous clients), or as the URL's user.
     """
     return Simulator(
         scenario,
@@ -545,4 +571,6 @@ def run_scenario(
         frozen=frozen,
         mqtt_url=mqtt_url,
         board_period=board_period,
+        mqtt_username=mqtt_username,
+        mqtt_password=mqtt_password,
     )

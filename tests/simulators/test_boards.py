@@ -421,8 +421,30 @@ async def test_no_broker_is_a_clear_error(metalworks: Scenario, port_base: int) 
             metalworks, port_base=port_base, mqtt_url=f"mqtt://127.0.0.1:{nobody}"
         ):
             pass
-    with pytest.raises(ValueError, match="MQTT URL 'http://x': expected mqtt://host:port"):
+    with pytest.raises(
+        ValueError, match=re.escape("MQTT URL 'http://x': expected mqtt://[user:password@]host")
+    ):
         run_scenario(metalworks, mqtt_url="http://x")
+
+
+@pytest.mark.parametrize("where", ["arguments", "url"])
+async def test_boards_log_in_where_the_broker_wants_a_password(
+    where: str, metalworks: Scenario, port_base: int, start_broker: Any
+) -> None:
+    # docker-compose.yml's broker lets nobody in anonymously, the demo's boards included.
+    broker: Mosquitto = start_broker(users={"simulators": "s3cret@/"})
+    login: dict[str, Any] = {"mqtt_username": "simulators", "mqtt_password": "s3cret@/"}
+    url = broker.url
+    if where == "url":
+        login = {}
+        url = f"mqtt://simulators:s3cret%40%2F@127.0.0.1:{broker.port}"
+    async with run_scenario(
+        metalworks, port_base=port_base, start=MONDAY_MORNING, mqtt_url=url, **login
+    ) as sim:
+        assert sim.mqtt_url == broker.url  # shown without the password
+    with pytest.raises(OSError, match="Not authorized"):
+        async with run_scenario(metalworks, port_base=port_base, mqtt_url=broker.url):
+            pass
 
 
 async def test_boards_need_a_broker(sim: Simulator) -> None:
