@@ -213,8 +213,9 @@ def test_a_sparkplug_death_under_a_placeholder_names_the_machine_of_its_topic() 
 class PahoStandIn:
     """What the source's paho callbacks touch of their client."""
 
-    def subscribe(self, topics: list[tuple[str, int]]) -> None:
+    def subscribe(self, topics: list[tuple[str, int]]) -> tuple[int, int]:
         self.subscribed = topics
+        return 0, 1  # paho's (result, message id)
 
     def socket(self) -> None:
         return None
