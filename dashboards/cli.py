@@ -18,7 +18,14 @@ from collector.influxql import InfluxQL, QueryError
 from dashboards.kpi import Totals
 from dashboards.kpi_query import GROUPINGS, Grouping, KpiRow, SelectionError, kpis, select_machines
 
-__all__ = ["kpi_command", "kpi_json", "kpi_table", "register_kpi"]
+__all__ = [
+    "format_number",
+    "format_percent",
+    "kpi_command",
+    "kpi_json",
+    "kpi_table",
+    "register_kpi",
+]
 
 # (thousands, decimal) marks: Argentina, Brazil and Uruguay write 19.271 and 88,8 %.
 _MARKS: dict[Language, tuple[str, str]] = {"es": (".", ","), "pt-BR": (".", ","), "en": (",", ".")}
@@ -236,32 +243,32 @@ def _row_label(label: str, by: Grouping | None, language: Language, selection: s
 
 
 def _cells(totals: Totals, language: Language) -> list[str]:
-    capacity_use = _percent(totals.capacity_use, language)
+    capacity_use = format_percent(totals.capacity_use, language)
     if totals.capacity_use_basis == "time":
         capacity_use += " *"
     elif _mixed(totals):
         capacity_use += f" (+{totals.time_based_machines} *)"
     return [
-        _percent(totals.availability, language),
-        _percent(totals.performance, language),
-        _percent(totals.quality, language),
-        _percent(totals.oee, language),
+        format_percent(totals.availability, language),
+        format_percent(totals.performance, language),
+        format_percent(totals.quality, language),
+        format_percent(totals.oee, language),
         capacity_use,
-        _percent(totals.unknown_share, language),
-        _number(totals.planned_s / 3600, 1, language),
-        _number(totals.running_s / 3600, 1, language),
-        _number(totals.produced, 0, language),
-        _number(totals.rejected, 0, language),
+        format_percent(totals.unknown_share, language),
+        format_number(totals.planned_s / 3600, 1, language),
+        format_number(totals.running_s / 3600, 1, language),
+        format_number(totals.produced, 0, language),
+        format_number(totals.rejected, 0, language),
     ]
 
 
-def _number(value: float, decimals: int, language: Language) -> str:
+def format_number(value: float, decimals: int, language: Language) -> str:
     thousands, decimal = _MARKS[language]
     text = f"{value:,.{decimals}f}"
     return text.translate(str.maketrans(",.", thousands + decimal))
 
 
-def _percent(ratio: float | None, language: Language) -> str:
+def format_percent(ratio: float | None, language: Language) -> str:
     if ratio is None:
         return _NONE
-    return _number(ratio * 100, 1, language) + _PERCENT[language]
+    return format_number(ratio * 100, 1, language) + _PERCENT[language]

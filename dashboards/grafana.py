@@ -361,6 +361,7 @@ class _Builder:
                 [_target(parts, table=True)],
                 unit="none",
                 defaults={"decimals": 0},
+                overrides=[_override("running_h", decimals=1)],
                 timeFrom="now/d",
                 transformations=[
                     {"id": "organize", "options": {"excludeByName": {"Time": True}}},
@@ -553,7 +554,7 @@ class _Builder:
                 self.panel(
                     "stat",
                     f"kpi.{key}",
-                    [_target(query)],
+                    [_target(query, alias=self.t(f"panel.kpi.{key}"))],
                     unit="percentunit",
                     defaults={"decimals": 1, "thresholds": _RATIO_STEPS},
                     options={"colorMode": "value", "graphMode": "none"},

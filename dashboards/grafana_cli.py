@@ -5,15 +5,19 @@ provisioning or pushed to a Grafana the plant already runs (registered through t
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
+from zoneinfo import ZoneInfo
 
 from collector.config import LANGUAGES, Config, ConfigError, Language, load_config
-from dashboards.grafana import build_dashboards, write_dashboards
+from dashboards.grafana import DASHBOARD_NAMES, build_dashboards, write_dashboards
 from dashboards.push import TOKEN_VARIABLE
 
-__all__ = ["register_dashboards"]
+__all__ = ["register_dashboards", "show_dashboards"]
 
 
 def register_dashboards(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,6 +54,23 @@ def register_dashboards(subparsers: argparse._SubParsersAction) -> None:  # type
     _common(push)
     push.add_argument("--url", required=True, help="Grafana's address, e.g. http://grafana:3000")
     push.set_defaults(func=_push)
+    show = commands.add_parser(
+        "show",
+        help="print what the dashboards show now, from InfluxDB (no Grafana needed)",
+        description="Run every panel's query as Grafana would (its time range, the plant's "
+        "time zone, every sector and machine) and print the figures, panel by panel. Exits 1 "
+        "when a query fails or answers without a column its panel shows, naming it: a check "
+        "after installing or upgrading InfluxDB.",
+    )
+    show.add_argument("config", type=Path, help="the factory YAML file")
+    show.add_argument(
+        "dashboard", nargs="*", help=f"which ({', '.join(DASHBOARD_NAMES)}); default: all"
+    )
+    show.add_argument("--machine", metavar="ID", help="the machine of the machine dashboard")
+    show.add_argument(
+        "--lang", choices=LANGUAGES, help="language of titles and labels (default: the config's)"
+    )
+    show.set_defaults(func=_show)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -108,3 +129,57 @@ def _push(args: argparse.Namespace) -> int:
     for result in results:
         print(f"{result.title}: {result.url} (version {result.version})")
     return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    unknown = sorted(set(args.dashboard) - set(DASHBOARD_NAMES))
+    if unknown:
+        print(
+            f"aguante dashboards show: no dashboard {', '.join(unknown)}; "
+            f"there are {', '.join(DASHBOARD_NAMES)}",
+            file=sys.stderr,
+        )
+        return 2
+    language: Language = args.lang or config.language
+    chosen = {"machine": args.machine} if args.machine else {}
+    problems = show_dashboards(config, language, args.dashboard or DASHBOARD_NAMES, chosen)
+    for problem in problems:
+        print(f"aguante dashboards show: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def show_dashboards(
+    config: Config,
+    language: Language,
+    names: Sequence[str] = DASHBOARD_NAMES,
+    chosen: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
+) -> list[str]:
+    """Print what the dashboards `names` show now, read from the config's InfluxDB as Grafana
+    would; the problems met (a failed query, a panel without data)."""
+    from collector.influxql import InfluxQL
+    from dashboards.grafana_query import answer_dashboard
+    from dashboards.panel_text import panel_lines
+
+    out = out or sys.stdout
+    zone = ZoneInfo(config.timezone)
+    now = dt.datetime.now(zone)
+    problems: list[str] = []
+    with InfluxQL.from_config(config.influxdb) as db:
+        for name, dashboard in build_dashboards(config, language).items():
+            if name not in names:
+                continue
+            print(f"# {dashboard['title']}", file=out)
+            answers, found = answer_dashboard(db, dashboard, now, chosen)
+            problems += [f"{dashboard['title']}: {problem}" for problem in found]
+            for answer in answers:
+                print(file=out)
+                print("\n".join(panel_lines(answer, language, zone)), file=out)
+                problems += [f"{dashboard['title']} / {p}" for p in answer.problems]
+            print(file=out)
+    return problems

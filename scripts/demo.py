@@ -58,6 +58,9 @@ def main() -> int:
         "AGUANTE_INFLUXDB_DATABASE": "aguante",
         "AGUANTE_MQTT_URL": mqtt_url,
     }
+    # The database and its retention policies, as a plant's install does it (no users here:
+    # the demo's InfluxDB runs without authentication).
+    subprocess.run([AGUANTE, "db", "init", str(CONFIG)], cwd=DEMO, env=env, check=True)
     children = [
         subprocess.Popen(
             [AGUANTE, "simulate", "metalworks", "--mqtt", mqtt_url], cwd=DEMO, **_OWN_GROUP
@@ -108,6 +111,12 @@ Machine states and stops (a minute or two after start):
 Capacity use and OEE today, by machine (in es; --lang pt-BR or en):
   AGUANTE_INFLUXDB_URL={influx.url} aguante kpi examples/metalworks.yaml \
        --from {today} --to {today} --by machine
+What the Grafana dashboards show (floor, machine, maintenance, assembly), read from InfluxDB
+as Grafana reads it (the floor's figures after a minute; Grafana itself: docs/install.md):
+  AGUANTE_INFLUXDB_URL={influx.url} aguante dashboards show examples/metalworks.yaml floor
+  AGUANTE_INFLUXDB_URL={influx.url} aguante dashboards show examples/metalworks.yaml \
+       machine --machine press-1
+The dashboards for Grafana: dashboards/grafana/<es|pt-BR|en>/, dashboards/provisioning/
 Maintenance tickets (web app for the crews, es/pt-BR/en):
   http://127.0.0.1:{web_port}/login   token for crew "mecanica": {token}
 Make a machine fail:  curl -X POST 127.0.0.1:5019/faults -d '{{"device":"press-plc","kind":"drop"}}'

@@ -46,11 +46,6 @@ FRAGMENT_SECTORS = (
 )
 # Info-string second words of YAML blocks that are not aguante's.
 OTHER_YAML = {"esphome"}
-# Commands the docs may name before they are registered, because a change made alongside brings
-# them (issue #7: `db init`, `dashboards build|push`). Only a command missing from the parser is
-# let through; once registered, its actions and options are checked like any other's. The lead
-# empties this set once both are in.
-NOT_YET_REGISTERED = {"db", "dashboards"}
 
 _FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 _INLINE = re.compile(r"`([^`\n]+)`")
@@ -233,8 +228,6 @@ def test_command_exists_with_its_options(where: str, words: list[str]) -> None:
         if not commands:
             break
         if word not in commands:
-            if len(path) == 1 and word in NOT_YET_REGISTERED:
-                return  # not registered yet: see NOT_YET_REGISTERED
             pytest.fail(f"{where}: `{' '.join(path)} {word}` is not a command ({sorted(commands)})")
         parser = commands[word]
         path.append(word)

@@ -11,12 +11,11 @@ answer holds the series and columns the panel shows.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import datetime as dt
+import io
 import json
-import re
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Set
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,13 +24,21 @@ import pytest
 import yaml
 
 from collector.config import LANGUAGES, Config, Language
-from collector.influxql import InfluxQL, QueryError, Series
+from collector.influxql import InfluxQL
 from dashboards.grafana import (
     DASHBOARD_NAMES,
     DATASOURCE_UID,
     build_dashboards,
     panels_of,
     write_dashboards,
+)
+from dashboards.grafana_cli import show_dashboards
+from dashboards.grafana_query import (
+    answer_dashboard,
+    expected_columns,
+    panel_range,
+    regex_value,
+    substituted,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,144 +174,6 @@ def plant_config() -> Config:
     return make()
 
 
-# -- what Grafana does to a query before sending it ---------------------------------------------
-
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def _round_down(moment: dt.datetime, unit: str) -> dt.datetime:
-    if unit == "y":
-        return moment.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
-    if unit == "M":
-        return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    if unit == "w":
-        start = moment - dt.timedelta(days=moment.weekday())
-        return start.replace(hour=0, minute=0, second=0, microsecond=0)
-    if unit == "d":
-        return moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    if unit == "h":
-        return moment.replace(minute=0, second=0, microsecond=0)
-    raise AssertionError(f"rounding to {unit!r} is not handled here")
-
-
-def _round_up(moment: dt.datetime, unit: str) -> dt.datetime:
-    start = _round_down(moment, unit)
-    return _add(start, 1, unit) - dt.timedelta(milliseconds=1)
-
-
-def _add(moment: dt.datetime, amount: int, unit: str) -> dt.datetime:
-    if unit in ("M", "y"):
-        months = amount * (12 if unit == "y" else 1)
-        index = moment.year * 12 + moment.month - 1 + months
-        year, month = divmod(index, 12)
-        day = min(moment.day, calendar.monthrange(year, month + 1)[1])
-        return moment.replace(year=year, month=month + 1, day=day)
-    return moment + dt.timedelta(**{_UNITS[unit]: amount})
-
-
-def grafana_time(text: str, now: dt.datetime, *, end: bool) -> dt.datetime:
-    """A Grafana relative time (`now`, `now-7d`, `now/d`, `now-12w/w`) in `now`'s zone."""
-    found = re.fullmatch(r"now(?:-(\d+)([smhdwMy]))?(?:/([smhdwMy]))?", text)
-    assert found, f"time {text!r} is not handled here"
-    moment = now
-    if found[1]:
-        moment = _add(moment, -int(found[1]), found[2])
-    if found[3]:
-        moment = (_round_up if end else _round_down)(moment, found[3])
-    return moment
-
-
-def panel_range(
-    dashboard: Mapping[str, Any], panel: Mapping[str, Any], now: dt.datetime
-) -> tuple[int, int]:
-    """The time range Grafana queries a panel over, in ms: the dashboard's, or the panel's
-    relative time, then its time shift (`1M/M`: the whole month before)."""
-    start = grafana_time(panel.get("timeFrom") or dashboard["time"]["from"], now, end=False)
-    finish = grafana_time(dashboard["time"]["to"], now, end=True)
-    if panel.get("timeFrom"):
-        finish = now
-    shift = panel.get("timeShift")
-    if shift:
-        found = re.fullmatch(r"(\d+)([smhdwMy])(?:/([smhdwMy]))?", shift)
-        assert found, f"time shift {shift!r} is not handled here"
-        start, finish = (_add(m, -int(found[1]), found[2]) for m in (start, finish))
-        if found[3]:
-            start, finish = _round_down(start, found[3]), _round_up(finish, found[3])
-    return round(start.timestamp() * 1000), round(finish.timestamp() * 1000)
-
-
-def regex_value(values: list[str]) -> str:
-    """A variable in `=~ /^$var$/`, as Grafana writes it: one value escaped, several as a
-    group."""
-    escaped = [re.sub(r"([\\/^$.|?*+()\[\]{}-])", r"\\\1", value) for value in values]
-    return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
-
-
-def substituted(query: str, variables: Mapping[str, list[str]], span: tuple[int, int]) -> str:
-    start, end = span
-    interval_s = max(10, (end - start) // 1000 // 1000)  # about 1,000 points, at least 10 s
-    text = query.replace("$timeFilter", f"time >= {start}ms and time <= {end}ms")
-    text = text.replace("$__interval", f"{interval_s}s")
-    text = text.replace("$__range_s", str((end - start) // 1000))
-    for name, values in variables.items():
-        text = text.replace(f"${name}", regex_value(values))
-    assert not re.search(r"\$\w", text), f"left unsubstituted: {text}"
-    return text
-
-
-def expected_columns(panel: Mapping[str, Any]) -> set[str]:
-    """The columns a table panel renames or styles: each must come back from InfluxDB."""
-    names: set[str] = set()
-    made: set[str] = set()  # columns a transformation makes out of others
-    for step in panel.get("transformations", []):
-        options = step.get("options", {})
-        names |= set(options.get("renameByName", {}))
-        if step["id"] == "groupBy":
-            for field, how in options["fields"].items():
-                names.add(field)
-                made |= {f"{field} ({aggregation})" for aggregation in how["aggregations"]}
-    names -= made
-    for override in panel["fieldConfig"].get("overrides", []):
-        names.add(override["matcher"]["options"])
-    return names - {"Time"}
-
-
-def _answer_columns(series: list[Series]) -> set[str]:
-    """The tags and the columns that hold a value somewhere (a null column shows nothing)."""
-    columns: set[str] = set()
-    for one in series:
-        columns |= set(one.tags)
-        for row in one.rows:
-            columns |= {name for name, value in row.items() if value is not None}
-    return columns
-
-
-def _has_values(series: list[Series]) -> bool:
-    return any(
-        value is not None
-        for one in series
-        for row in one.rows
-        for name, value in row.items()
-        if name != "time"
-    )
-
-
-def check_query(
-    db: InfluxQL, where: str, query: str, *, expect: Set[str] = frozenset()
-) -> list[str]:
-    """Problems with one query's answer: an error, nothing, or a column missing."""
-    try:
-        series = db.select(query)
-    except QueryError as exc:
-        return [f"{where}: {exc}\n    {query}"]
-    if not _has_values(series):
-        return [f"{where}: no data\n    {query}"]
-    missing = set(expect) - _answer_columns(series)
-    if missing:
-        return [f"{where}: no value in column(s) {sorted(missing)}\n    {query}"]
-    return []
-
-
 def test_grafana_relative_times_are_understood() -> None:
     zone = ZoneInfo("America/Argentina/Buenos_Aires")
     now = dt.datetime(2026, 11, 25, 18, 30, tzinfo=zone)
@@ -322,6 +191,26 @@ def test_grafana_relative_times_are_understood() -> None:
     )  # a Monday, 12 weeks before this week's
     assert regex_value(["press-1"]) == r"press\-1"
     assert regex_value(["a.b", "c"]) == r"(a\.b|c)"
+    span = (1_000, 3_601_000)
+    assert substituted("WHERE $timeFilter GROUP BY time($__interval)", {}, span) == (
+        "WHERE time >= 1000ms and time <= 3601000ms GROUP BY time(10s)"
+    )
+    with pytest.raises(ValueError, match=r"\$machine has no value"):
+        substituted('WHERE "machine" =~ /^$machine$/', {"sector": ["a"]}, span)
+
+
+def test_the_columns_a_panel_expects() -> None:
+    maintenance = build_dashboards(None, "en")["maintenance"]
+    by_title = {p["title"]: p for p in panels_of(maintenance)}
+    assert expected_columns(by_title["Open tickets by sector"]) == {"sector", "open_tickets"}
+    assert expected_columns(by_title["Open tickets"]) == {
+        "sector",
+        "machine",
+        "rule",
+        "ticket",
+        "status",
+        "opened",
+    }
 
 
 # -- every query against the real InfluxDB -------------------------------------------------------
@@ -434,33 +323,6 @@ async def maintenance_cycles(config: Config) -> None:
         store.close()
 
 
-def resolve_variables(
-    db: InfluxQL, dashboard: Mapping[str, Any], now_ms: int, chosen: Mapping[str, str]
-) -> tuple[dict[str, list[str]], list[str]]:
-    """Each template variable's values, from its own query, in order (machine after sector);
-    a single-value variable takes `chosen[name]` when offered."""
-    values: dict[str, list[str]] = {}
-    problems: list[str] = []
-    for variable in dashboard["templating"]["list"]:
-        query = substituted(variable["query"], values, (now_ms - 3_600_000, now_ms))
-        try:
-            answer = db.select(query)
-        except QueryError as exc:
-            problems.append(f"{dashboard['uid']} variable {variable['name']}: {exc}")
-            continue
-        found = sorted({str(row["value"]) for one in answer for row in one.rows})
-        if not found:
-            problems.append(
-                f"{dashboard['uid']} variable {variable['name']}: no values\n    {query}"
-            )
-            continue
-        if not variable["multi"]:
-            wanted = chosen.get(variable["name"])
-            found = [wanted] if wanted in found else found[:1]
-        values[variable["name"]] = found
-    return values, problems
-
-
 @pytest.mark.integration
 async def test_every_panel_query_answers_with_what_the_panel_shows(
     fast_sim: Any, influxdb: Any, tmp_path: Path
@@ -493,31 +355,30 @@ async def test_every_panel_query_answers_with_what_the_panel_shows(
     await write_history(config, now_ms)
     await maintenance_cycles(config)
 
-    zone = ZoneInfo(config.timezone)
-    now = dt.datetime.now(zone)
+    now = dt.datetime.now(ZoneInfo(config.timezone))
     problems: list[str] = []
     checked = 0
     with InfluxQL.from_config(config.influxdb) as db:
         for name, dashboard in build_dashboards(config, "en").items():
-            variables, found = resolve_variables(db, dashboard, now_ms, {"machine": PRESS})
-            problems += found
-            if found:
-                continue
-            for panel in panels_of(dashboard):
-                span = panel_range(dashboard, panel, now)
-                expect = expected_columns(panel)
-                for target in targets_of(panel):
-                    query = substituted(target["query"], variables, span)
-                    where = f"{name} / {panel['title']} / {target['refId']}"
-                    problems += check_query(db, where, query, expect=expect)
-                    checked += 1
-            for annotation in dashboard["annotations"]["list"]:
-                if annotation.get("builtIn"):
-                    continue
-                span = panel_range(dashboard, {}, now)
-                query = substituted(annotation["query"], variables, span)
-                expect = {annotation["textColumn"], annotation["tagsColumn"]}
-                problems += check_query(db, f"{name} / {annotation['name']}", query, expect=expect)
-                checked += 1
+            answers, found = answer_dashboard(db, dashboard, now, {"machine": PRESS})
+            problems += [f"{name}: {problem}" for problem in found]
+            for answer in answers:
+                problems += [f"{name} / {problem}" for problem in answer.problems]
+                problems += [f"{name} / {problem}" for problem in answer.empty]
+                problems += [f"{name} / {problem}" for problem in answer.missing]
+                checked += len(answer.targets)
     assert problems == [], "\n".join(problems)
     assert checked >= 30
+
+    # `aguante dashboards show` prints the same figures, in the plant's language.
+    out = io.StringIO()
+    assert show_dashboards(config, "es", chosen={"machine": PRESS}, out=out) == []
+    text = out.getvalue()
+    for dashboard in build_dashboards(config, "es").values():
+        assert f"# {dashboard['title']}" in text
+        for panel in panels_of(dashboard):
+            assert f"## {panel['title']}" in text
+    assert "(sin datos)" not in text
+    states = {"En marcha", "Parada", "En falla", "Apagada", "Sin datos"}
+    floor = text.split("## Estado ahora")[1].split("##")[0]
+    assert any(state in floor for state in states), floor
