@@ -124,6 +124,23 @@ def _thresholds(*steps: tuple[float | None, str]) -> dict[str, Any]:
 
 # Capacity use and OEE: red below half, orange below three quarters.
 _RATIO_STEPS: Final = _thresholds((None, "red"), (0.5, "orange"), (0.75, "green"))
+# Service meters: a share of the limit, due at 1.
+_METER: Final = {
+    "min": 0,
+    "max": 1,
+    "decimals": 0,
+    "thresholds": _thresholds((None, "green"), (0.8, "orange"), (1, "red")),
+}
+_LAST_VALUE: Final = {"calcs": ["lastNotNull"], "fields": "", "values": False}
+
+
+def _bars(display: str = "basic", calcs: Sequence[str] = ("lastNotNull",)) -> dict[str, Any]:
+    """Options of a bar gauge with one horizontal bar per series."""
+    return {
+        "reduceOptions": {**_LAST_VALUE, "calcs": list(calcs)},
+        "orientation": "horizontal",
+        "displayMode": display,
+    }
 
 
 @dataclass
@@ -286,9 +303,18 @@ class _Builder:
         options[""] = {"text": unassigned, "index": len(options)}
         return [{"type": "value", "options": options}]
 
-    def renamed(self, names: Mapping[str, str]) -> dict[str, Any]:
-        """A transformation naming a table's columns in the dashboard's language."""
-        return {"id": "organize", "options": {"renameByName": dict(names)}}
+    def renamed(self, *columns: str, **names: str) -> dict[str, Any]:
+        """A transformation naming a table's columns in the dashboard's language: `columns`
+        by their own texts (common.* for machine and sector, else dashboards.column.*, or a
+        KPI's), `names` as given."""
+        shared = {"machine": "common.machine", "sector": "common.sector"}
+        shared |= {k: f"kpi.{k}" for k in ("availability", "performance", "oee")}
+        shared["use"] = "kpi.capacity_use"
+        texts = {
+            column: translate(self.language, shared.get(column, f"dashboards.column.{column}"))
+            for column in columns
+        }
+        return {"id": "organize", "options": {"renameByName": texts | names}}
 
     def sums(self, *names: str) -> str:
         return ", ".join(f"sum({quote_ident(n)}) AS {quote_ident(n)}" for n in names)
@@ -311,7 +337,7 @@ class _Builder:
                 unit="none",
                 defaults={"mappings": self.state_mappings(), "color": {"mode": "thresholds"}},
                 options={
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                    "reduceOptions": dict(_LAST_VALUE),
                     "colorMode": "background",
                     "graphMode": "none",
                     "textMode": "value_and_name",
@@ -336,12 +362,7 @@ class _Builder:
                 [_target(today, alias="$tag_machine")],
                 unit="percentunit",
                 defaults={"min": 0, "max": 1, "thresholds": _RATIO_STEPS, "decimals": 0},
-                options={
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "orientation": "horizontal",
-                    "displayMode": "gradient",
-                    "showUnfilled": True,
-                },
+                options=_bars("gradient") | {"showUnfilled": True},
                 timeFrom="now/d",
                 hideTimeOverride=False,
             ),
@@ -365,15 +386,7 @@ class _Builder:
                 timeFrom="now/d",
                 transformations=[
                     {"id": "organize", "options": {"excludeByName": {"Time": True}}},
-                    self.renamed(
-                        {
-                            "machine": translate(self.language, "common.machine"),
-                            "produced": self.t("column.produced"),
-                            "rejected": self.t("column.rejected"),
-                            "capacity": self.t("column.capacity"),
-                            "running_h": self.t("column.running_h"),
-                        }
-                    ),
+                    self.renamed("machine", "produced", "rejected", "capacity", "running_h"),
                 ],
             ),
             12,
@@ -399,13 +412,7 @@ class _Builder:
                 ],
                 transformations=[
                     self.renamed(
-                        {
-                            "Time": self.t("column.since"),
-                            "machine": translate(self.language, "common.machine"),
-                            "state": self.t("column.state"),
-                            "reason": self.t("column.reason"),
-                            "lost_s": self.t("column.lost"),
-                        }
+                        "machine", "state", "reason", "lost_s", Time=self.t("column.since")
                     )
                 ],
             ),
@@ -504,15 +511,7 @@ class _Builder:
                 [_target(output, alias="$col")],
                 unit="none",
                 defaults={"custom": {"drawStyle": "bars", "fillOpacity": 60}},
-                transformations=[
-                    self.renamed(
-                        {
-                            "produced": self.t("column.produced"),
-                            "rejected": self.t("column.rejected"),
-                            "capacity": self.t("column.capacity"),
-                        }
-                    )
-                ],
+                transformations=[self.renamed("produced", "rejected", "capacity")],
             ),
             16,
             9,
@@ -528,17 +527,8 @@ class _Builder:
                 "meters",
                 [_target(meters, alias="$tag_rule")],
                 unit="percentunit",
-                defaults={
-                    "min": 0,
-                    "max": 1,
-                    "decimals": 0,
-                    "thresholds": _thresholds((None, "green"), (0.8, "orange"), (1, "red")),
-                },
-                options={
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "orientation": "horizontal",
-                    "displayMode": "basic",
-                },
+                defaults=dict(_METER),
+                options=_bars(),
             ),
             8,
             9,
@@ -582,13 +572,7 @@ class _Builder:
                 ],
                 transformations=[
                     self.renamed(
-                        {
-                            "Time": self.t("column.start"),
-                            "duration_s": self.t("column.duration"),
-                            "lost_s": self.t("column.lost"),
-                            "state": self.t("column.state"),
-                            "reason": self.t("column.reason"),
-                        }
+                        "duration_s", "lost_s", "state", "reason", Time=self.t("column.start")
                     )
                 ],
             ),
@@ -667,16 +651,7 @@ class _Builder:
                     no_ticket,
                     {"id": "organize", "options": {"excludeByName": {"Time": True}}},
                     {"id": "sortBy", "options": {"sort": [{"field": "opened"}]}},
-                    self.renamed(
-                        {
-                            "sector": translate(self.language, "common.sector"),
-                            "machine": translate(self.language, "common.machine"),
-                            "rule": self.t("column.rule"),
-                            "ticket": self.t("column.ticket"),
-                            "status": self.t("column.status"),
-                            "opened": self.t("column.opened"),
-                        }
-                    ),
+                    self.renamed("sector", "machine", "rule", "ticket", "status", "opened"),
                 ],
             ),
             16,
@@ -707,12 +682,7 @@ class _Builder:
                 options={"orientation": "horizontal", "showValue": "always"},
                 transformations=[
                     per_sector,
-                    self.renamed(
-                        {
-                            "sector": translate(self.language, "common.sector"),
-                            "open_tickets (sum)": self.t("column.open_tickets"),
-                        }
-                    ),
+                    self.renamed("sector", **{"open_tickets (sum)": self.t("column.open_tickets")}),
                 ],
             ),
             8,
@@ -734,14 +704,7 @@ class _Builder:
                 overrides=[_override("mtbf_h", unit="h"), _override("mttr_h", unit="h")],
                 transformations=[
                     {"id": "organize", "options": {"excludeByName": {"Time": True}}},
-                    self.renamed(
-                        {
-                            "machine": translate(self.language, "common.machine"),
-                            "mtbf_h": self.t("column.mtbf"),
-                            "mttr_h": self.t("column.mttr"),
-                            "failures": self.t("column.failures"),
-                        }
-                    ),
+                    self.renamed("machine", "mtbf_h", "mttr_h", "failures"),
                 ],
             ),
             12,
@@ -765,12 +728,7 @@ class _Builder:
                         "id": "organize",
                         "options": {"excludeByName": {"Time": True, "verdict": True}},
                     },
-                    self.renamed(
-                        {
-                            "machine": translate(self.language, "common.machine"),
-                            "rule": self.t("column.rule"),
-                        }
-                    ),
+                    self.renamed("machine", "rule"),
                 ],
             ),
             12,
@@ -787,17 +745,8 @@ class _Builder:
                 "meters_all",
                 [_target(meters, alias="$tag_machine · $tag_rule")],
                 unit="percentunit",
-                defaults={
-                    "min": 0,
-                    "max": 1,
-                    "decimals": 0,
-                    "thresholds": _thresholds((None, "green"), (0.8, "orange"), (1, "red")),
-                },
-                options={
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "orientation": "horizontal",
-                    "displayMode": "basic",
-                },
+                defaults=dict(_METER),
+                options=_bars(),
             ),
             24,
             9,
@@ -845,7 +794,7 @@ class _Builder:
                 unit="percentunit",
                 defaults={"decimals": 0, "thresholds": _RATIO_STEPS},
                 options={
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                    "reduceOptions": dict(_LAST_VALUE),
                     "colorMode": "value",
                     "graphMode": "none",
                     "textMode": "value_and_name",
@@ -885,11 +834,7 @@ class _Builder:
                 [_target(time_use, alias="$tag_machine")],
                 unit="percentunit",
                 defaults={"min": 0, "max": 1, "decimals": 0, "thresholds": _RATIO_STEPS},
-                options={
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "orientation": "horizontal",
-                    "displayMode": "gradient",
-                },
+                options=_bars("gradient"),
             ),
             12,
             10,
@@ -911,16 +856,7 @@ class _Builder:
                 defaults={"decimals": 1},
                 transformations=[
                     {"id": "organize", "options": {"excludeByName": {"Time": True}}},
-                    self.renamed(
-                        {
-                            "sector": translate(self.language, "common.sector"),
-                            "machine": translate(self.language, "common.machine"),
-                            "use": translate(self.language, "kpi.capacity_use"),
-                            "availability": translate(self.language, "kpi.availability"),
-                            "performance": translate(self.language, "kpi.performance"),
-                            "oee": translate(self.language, "kpi.oee"),
-                        }
-                    ),
+                    self.renamed("sector", "machine", "use", "availability", "performance", "oee"),
                 ],
             ),
             12,
@@ -934,11 +870,7 @@ class _Builder:
                 losses,
                 unit="h",
                 defaults={"decimals": 1, "min": 0},
-                options={
-                    "reduceOptions": {"calcs": ["sum"], "fields": "", "values": False},
-                    "orientation": "horizontal",
-                    "displayMode": "basic",
-                },
+                options=_bars(calcs=["sum"]),
                 timeFrom="now/M",
                 timeShift=shift,
             )
