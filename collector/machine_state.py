@@ -336,6 +336,14 @@ class MachineTracker:
         day = self.calendar.local_day(start)
         day_start = self.calendar.local_midnight_ms(day)
         points = [minute]
+        if end % HOUR_MS == 0:
+            # The state in force as each hour begins, though it did not change: a chart of any
+            # range starts with a state, and a state older than an hour means no collector.
+            # Settled (rolled up past min_duration), so no pending change can contradict it.
+            state = self.segments[0][1]
+            points.append(
+                Point(MACHINE_STATE, self.tags, {"state": state, "code": STATE_CODES[state]}, end)
+            )
         for store, period_start, ends, measurement in (
             (self.hours, start - start % HOUR_MS, end % HOUR_MS == 0, UTILIZATION_HOURLY),
             (

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from collector.config import Config, Language, StopReason, parse_config
 from collector.i18n import translate
-from collector.influxql import quote_ident, quote_string
+from collector.influxql import quote_ident, quote_string, regex_any
 from collector.schema import (
     MACHINE_STATE,
     READING,
@@ -73,7 +73,7 @@ def default_config() -> Config:
 
 def build_dashboards(config: Config | None, language: Language) -> dict[str, dict[str, Any]]:
     """The four dashboards (name → dashboard JSON) in one language."""
-    builder = _Builder(config or default_config(), language, plant_zone=config is not None)
+    builder = _Builder(config or default_config(), language)
     return {
         "floor": builder.floor(),
         "machine": builder.machine(),
@@ -170,10 +170,11 @@ class _Layout:
 
 
 class _Builder:
-    def __init__(self, config: Config, language: Language, *, plant_zone: bool) -> None:
+    def __init__(self, config: Config, language: Language) -> None:
         self.config = config
         self.language = language
-        self.zone = config.timezone if plant_zone else "browser"
+        # The plant's zone for days, weeks and months, in the panels as in InfluxDB's tz().
+        self.zone = config.timezone
         influx = config.influxdb
         self.raw_policy = influx.retention_policy
         self.rollup_policy = influx.rollup_retention_policy or influx.retention_policy
@@ -207,6 +208,7 @@ class _Builder:
             "description": self.t(f"{name}.description"),
             "tags": ["aguante"],
             "timezone": self.zone,
+            "weekStart": "monday",
             "editable": False,
             "graphTooltip": 1,
             "refresh": refresh,
@@ -255,6 +257,7 @@ class _Builder:
             "sort": 1,
             "multi": multi,
             "includeAll": multi,
+            "allValue": ".*" if multi else None,
             "current": {},
             "options": [],
             "hide": 0,
@@ -327,7 +330,7 @@ class _Builder:
         layout = _Layout()
         state_now = (
             f"SELECT last({quote_ident('code')}) FROM {self.source(MACHINE_STATE)}"
-            f" WHERE {SELECTED} AND time > now() - 30d GROUP BY {quote_ident(TAG_MACHINE)}"
+            f" WHERE {SELECTED} AND time > now() - 2h GROUP BY {quote_ident(TAG_MACHINE)}"
         )
         layout.add(
             self.panel(
@@ -352,7 +355,7 @@ class _Builder:
         today = (
             f"SELECT sum({quote_ident('produced')}) / sum({quote_ident('capacity')})"
             f" FROM {self.source(UTILIZATION)}"
-            f" WHERE {SELECTED} AND {quote_ident('capacity')} > 0 AND $timeFilter"
+            f" WHERE {SELECTED}{self._defined('use')} AND $timeFilter"
             f" GROUP BY {quote_ident(TAG_MACHINE)}"
         )
         layout.add(
@@ -464,7 +467,7 @@ class _Builder:
             self.panel(
                 "timeseries",
                 "signals",
-                [_target(signals)],
+                [_target(signals, alias="$col")],
                 unit="short",
                 transformations=[
                     {
@@ -536,10 +539,9 @@ class _Builder:
         layout.newline()
         for key, expression in self._ratio_expressions().items():
             query = (
-                f"SELECT {expression} FROM {self.source(UTILIZATION)} WHERE {one} AND $timeFilter"
+                f"SELECT {expression} FROM {self.source(UTILIZATION)}"
+                f" WHERE {one}{self._defined(key)} AND $timeFilter"
             )
-            if key in ("use", "performance", "oee"):
-                query += f" AND {quote_ident('capacity')} > 0"
             layout.add(
                 self.panel(
                     "stat",
@@ -601,8 +603,8 @@ class _Builder:
         )
 
     def _ratio_expressions(self) -> dict[str, str]:
-        """Each KPI as a ratio of sums (docs/capacity.md); parts-based ones over the minutes
-        with capacity, as dashboards.kpi counts them."""
+        """Each KPI as a ratio of sums (docs/capacity.md); see `_defined` for the minutes each
+        is summed over."""
         s = {n: f"sum({quote_ident(n)})" for n in (
             "planned_s", "running_s", "produced", "rejected", "capacity", "running_capacity"
         )}  # fmt: skip
@@ -615,6 +617,22 @@ class _Builder:
             "performance": performance,
             "oee": f"{availability} * {performance} * {quality}",
         }
+
+    def _defined(self, *keys: str) -> str:
+        """The conditions under which the KPIs `keys` are defined, as ` AND …`: InfluxQL
+        divides by zero into 0, so a night without planned time would read as a red 0 %.
+        Parts-based figures count the minutes with capacity (a counter and a rated speed), as
+        dashboards.kpi does; availability the planned ones (planned ≥ running, so the sums
+        are exact); performance the running ones. Where nothing is left, Grafana shows "No
+        data"."""
+        needs = {
+            "use": ("capacity",),
+            "availability": ("planned_s",),
+            "performance": ("capacity", "running_capacity"),
+            "oee": ("capacity", "planned_s"),
+        }
+        fields = dict.fromkeys(field for key in keys for field in needs[key])
+        return "".join(f" AND {quote_ident(field)} > 0" for field in fields)
 
     def maintenance(self) -> dict[str, Any]:
         """For the crews: open tickets by sector and age, MTBF and MTTR, machines drifting from
@@ -657,18 +675,14 @@ class _Builder:
             16,
             10,
         )
-        # Summed per sector by Grafana: InfluxDB 3 does not take every subquery 1.x does.
-        by_machine = (
-            f"SELECT last({quote_ident('open_tickets')}) AS {quote_ident('open_tickets')}"
-            f" FROM {self.source(RELIABILITY)} WHERE {SELECTED} AND {recent}"
-            f" GROUP BY {quote_ident(TAG_SECTOR)}, {quote_ident(TAG_MACHINE)}"
-        )
+        # Counted per sector by Grafana from the same rows (InfluxDB 3 does not take every
+        # subquery 1.x does): every rule's ticket, meters' service tickets included.
         per_sector = {
             "id": "groupBy",
             "options": {
                 "fields": {
                     "sector": {"aggregations": [], "operation": "groupby"},
-                    "open_tickets": {"aggregations": ["sum"], "operation": "aggregate"},
+                    "ticket": {"aggregations": ["count"], "operation": "aggregate"},
                 }
             },
         }
@@ -676,13 +690,14 @@ class _Builder:
             self.panel(
                 "barchart",
                 "tickets_by_sector",
-                [_target(by_machine, table=True)],
+                [_target(open_tickets, table=True)],
                 unit="none",
                 defaults={"decimals": 0, "min": 0},
                 options={"orientation": "horizontal", "showValue": "always"},
                 transformations=[
+                    no_ticket,
                     per_sector,
-                    self.renamed("sector", **{"open_tickets (sum)": self.t("column.open_tickets")}),
+                    self.renamed("sector", **{"ticket (count)": self.t("column.open_tickets")}),
                 ],
             ),
             8,
@@ -711,12 +726,21 @@ class _Builder:
             9,
         )
         drifting = (
-            f"SELECT last({quote_ident('verdict')}) AS {quote_ident('verdict')}"
+            f"SELECT last({quote_ident('firing')}) AS {quote_ident('firing')}"
             f" FROM {self.source(RULE_STATUS)}"
-            f" WHERE {SELECTED} AND {quote_ident('test')} = 'drift'"
-            f" AND {quote_ident('firing')} = true AND {recent}"
+            f" WHERE {SELECTED} AND {quote_ident('test')} = 'drift' AND {recent}"
             f" GROUP BY {quote_ident(TAG_MACHINE)}, {quote_ident('rule')}"
         )
+        settled = {  # the newest verdict of each rule and machine decides
+            "id": "filterByValue",
+            "options": {
+                "type": "exclude",
+                "match": "any",
+                "filters": [
+                    {"fieldName": "firing", "config": {"id": "equal", "options": {"value": False}}}
+                ],
+            },
+        }
         layout.add(
             self.panel(
                 "table",
@@ -724,9 +748,10 @@ class _Builder:
                 [_target(drifting, table=True)],
                 unit="none",
                 transformations=[
+                    settled,
                     {
                         "id": "organize",
-                        "options": {"excludeByName": {"Time": True, "verdict": True}},
+                        "options": {"excludeByName": {"Time": True, "firing": True}},
                     },
                     self.renamed("machine", "rule"),
                 ],
@@ -784,7 +809,7 @@ class _Builder:
         for key, shift in (("last_month", "1M/M"), ("month_before", "2M/M")):
             use = (
                 f"SELECT {ratios['use']} FROM {daily}"
-                f" WHERE {SELECTED} AND {quote_ident('capacity')} > 0 AND $timeFilter"
+                f" WHERE {SELECTED}{self._defined('use')} AND $timeFilter"
                 f" GROUP BY {quote_ident(TAG_SECTOR)}"
             )
             panel = self.panel(
@@ -808,7 +833,7 @@ class _Builder:
         for key in ("use", "oee"):
             query = (
                 f"SELECT {ratios[key]} FROM {daily}"
-                f" WHERE {SELECTED} AND {quote_ident('capacity')} > 0 AND $timeFilter {weekly}"
+                f" WHERE {SELECTED}{self._defined(key)} AND $timeFilter {weekly}"
             )
             layout.add(
                 self.panel(
@@ -844,8 +869,10 @@ class _Builder:
             f" {ratios['availability']} AS {quote_ident('availability')},"
             f" {ratios['performance']} AS {quote_ident('performance')},"
             f" {ratios['oee']} AS {quote_ident('oee')}"
-            f" FROM {daily} WHERE {SELECTED} AND {quote_ident('capacity')} > 0 AND $timeFilter"
-            f" GROUP BY {quote_ident(TAG_SECTOR)}, {quote_ident(TAG_MACHINE)}"
+            # One query for the table: performance over the planned minutes with capacity too
+            # (0 % where the machine never ran in them; `aguante kpi` shows "—" there).
+            f" FROM {daily} WHERE {SELECTED}{self._defined('use', 'availability', 'oee')}"
+            f" AND $timeFilter GROUP BY {quote_ident(TAG_SECTOR)}, {quote_ident(TAG_MACHINE)}"
         )
         layout.add(
             self.panel(
@@ -893,11 +920,15 @@ class _Builder:
         refs = iter("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
         for category in CATEGORIES:
             reasons = by_category.get(category, [])
-            if not reasons:
+            ways = [f"{quote_ident('reason')} = {quote_string(r.id)}" for r in reasons]
+            if category == "other":  # and reasons these dashboards were not built with
+                known = regex_any([r.id for r in self.config.stop_reasons])
+                ways.append(
+                    f"({quote_ident('reason')} != '' AND {quote_ident('reason')} !~ {known})"
+                )
+            if not ways:
                 continue
-            matches = " OR ".join(
-                f"{quote_ident('reason')} = {quote_string(r.id)}" for r in reasons
-            )
+            matches = " OR ".join(ways)
             query = (
                 f"SELECT sum({quote_ident('lost_s')}) / 3600 FROM {self.source(STOP)}"
                 f" WHERE {SELECTED} AND ({matches}) AND $timeFilter"

@@ -37,13 +37,16 @@ _RELATIVE: Final = re.compile(r"now(?:-(\d+)([smhdwMy]))?(?:/([smhdwMy]))?")
 _SHIFT: Final = re.compile(r"(\d+)([smhdwMy])(?:/([smhdwMy]))?")
 
 
-def _round_down(moment: dt.datetime, unit: str) -> dt.datetime:
+_WEEKDAYS: Final = {"monday": 0, "saturday": 5, "sunday": 6}
+
+
+def _round_down(moment: dt.datetime, unit: str, week_start: int = 0) -> dt.datetime:
     if unit == "y":
         return moment.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
     if unit == "M":
         return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    if unit == "w":  # Grafana's weeks start on Monday (ISO)
-        start = moment - dt.timedelta(days=moment.weekday())
+    if unit == "w":  # from the dashboard's weekStart (aguante's say monday)
+        start = moment - dt.timedelta(days=(moment.weekday() - week_start) % 7)
         return start.replace(hour=0, minute=0, second=0, microsecond=0)
     if unit == "d":
         return moment.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -54,8 +57,8 @@ def _round_down(moment: dt.datetime, unit: str) -> dt.datetime:
     return moment.replace(microsecond=0)
 
 
-def _round_up(moment: dt.datetime, unit: str) -> dt.datetime:
-    return _add(_round_down(moment, unit), 1, unit) - dt.timedelta(milliseconds=1)
+def _round_up(moment: dt.datetime, unit: str, week_start: int = 0) -> dt.datetime:
+    return _add(_round_down(moment, unit, week_start), 1, unit) - dt.timedelta(milliseconds=1)
 
 
 def _add(moment: dt.datetime, amount: int, unit: str) -> dt.datetime:
@@ -68,9 +71,9 @@ def _add(moment: dt.datetime, amount: int, unit: str) -> dt.datetime:
     return moment + dt.timedelta(**{_UNITS[unit]: amount})
 
 
-def grafana_time(text: str, now: dt.datetime, *, end: bool) -> dt.datetime:
+def grafana_time(text: str, now: dt.datetime, *, end: bool, week_start: int = 0) -> dt.datetime:
     """A Grafana relative time (`now`, `now-7d`, `now/d`, `now-12w/w`) in `now`'s zone; `end`
-    rounds up, as Grafana does for the end of a range."""
+    rounds up, as Grafana does for the end of a range; weeks begin on `week_start` (0 Monday)."""
     found = _RELATIVE.fullmatch(text)
     if found is None:
         raise ValueError(f"{text!r} is not a relative time this tool reads (now-7d, now/d, …)")
@@ -78,7 +81,7 @@ def grafana_time(text: str, now: dt.datetime, *, end: bool) -> dt.datetime:
     if found[1]:
         moment = _add(moment, -int(found[1]), found[2])
     if found[3]:
-        moment = (_round_up if end else _round_down)(moment, found[3])
+        moment = (_round_up if end else _round_down)(moment, found[3], week_start)
     return moment
 
 
@@ -88,9 +91,12 @@ def panel_range(
     """The range Grafana queries a panel over, in UTC ms: the dashboard's, or the panel's
     relative time up to now, then moved back by its time shift — rounded after the move (with
     the panel's "now/M", a shift of "1M/M" is the whole month before)."""
+    week = _WEEKDAYS[dashboard.get("weekStart") or "monday"]
     relative = panel.get("timeFrom")
-    start = grafana_time(relative or dashboard["time"]["from"], now, end=False)
-    finish = now if relative else grafana_time(dashboard["time"]["to"], now, end=True)
+    start = grafana_time(relative or dashboard["time"]["from"], now, end=False, week_start=week)
+    finish = (
+        now if relative else grafana_time(dashboard["time"]["to"], now, end=True, week_start=week)
+    )
     shift = panel.get("timeShift")
     if shift:
         found = _SHIFT.fullmatch(shift)
@@ -98,26 +104,28 @@ def panel_range(
             raise ValueError(f"{shift!r} is not a time shift this tool reads (1d, 1M/M, …)")
         start, finish = (_add(m, -int(found[1]), found[2]) for m in (start, finish))
         if found[3]:
-            start, finish = _round_down(start, found[3]), _round_up(finish, found[3])
+            start = _round_down(start, found[3], week)
+            finish = _round_up(finish, found[3], week)
     return round(start.timestamp() * 1000), round(finish.timestamp() * 1000)
 
 
 def regex_value(values: Sequence[str]) -> str:
     """A variable inside `/^$var$/`, as Grafana writes it: one value escaped, several as a
     group."""
-    escaped = [re.sub(r"([\\/^$.|?*+()\[\]{}-])", r"\\\1", value) for value in values]
+    escaped = [re.sub(r"([\\/^$.|?*+()\[\]{}])", r"\\\1", value) for value in values]
     return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
 
 
-def substituted(query: str, variables: Mapping[str, Sequence[str]], span: tuple[int, int]) -> str:
-    """`query` with Grafana's macros and the variables' values put in."""
+def substituted(query: str, variables: Mapping[str, str], span: tuple[int, int]) -> str:
+    """`query` with Grafana's macros and the variables put in (`variables`: name → its text,
+    as `resolve_variables` formats it)."""
     start, end = span
     interval_s = max(10, (end - start) // 1000 // 1000)  # about 1,000 points, at least 10 s
     text = query.replace("$timeFilter", f"time >= {start}ms and time <= {end}ms")
     text = text.replace("$__interval", f"{interval_s}s")
     text = text.replace("$__range_s", str((end - start) // 1000))
-    for name, values in variables.items():
-        text = text.replace(f"${name}", regex_value(values))
+    for name, value in variables.items():
+        text = text.replace(f"${name}", value)
     left = re.search(r"\$\w+", text)
     if left is not None:
         raise ValueError(f"{left[0]} has no value in: {text}")
@@ -129,11 +137,11 @@ def resolve_variables(
     dashboard: Mapping[str, Any],
     now_ms: int,
     chosen: Mapping[str, str] | None = None,
-) -> tuple[dict[str, list[str]], list[str]]:
-    """Each template variable's values from its own query, in order (machine after sector):
-    every value for a multi-value one (Grafana's "All"), `chosen[name]` (or the first) for a
-    single-value one; and the problems met."""
-    values: dict[str, list[str]] = {}
+) -> tuple[dict[str, str], list[str]]:
+    """Each template variable's text from its own query, in order (machine after sector):
+    Grafana's "All" for a multi-value one (its `allValue`, else every value as a group),
+    `chosen[name]` (or the first value) for a single-value one; and the problems met."""
+    values: dict[str, str] = {}
     problems: list[str] = []
     for variable in dashboard["templating"]["list"]:
         name = variable["name"]
@@ -149,8 +157,9 @@ def resolve_variables(
             continue
         if not variable["multi"]:
             wanted = (chosen or {}).get(name)
-            found = [wanted] if wanted in found else found[:1]
-        values[name] = found
+            values[name] = regex_value([wanted] if wanted in found else found[:1])
+        else:
+            values[name] = variable.get("allValue") or regex_value(found)
     return values, problems
 
 

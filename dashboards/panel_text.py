@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from collector.config import Language
 from collector.i18n import translate
+from collector.influxql import Series
 from dashboards.cli import format_number, format_percent
 from dashboards.grafana_query import PanelAnswer, TargetAnswer
 
@@ -63,7 +64,7 @@ def _series(
             values = [row[column] for row in series.rows if row.get(column) is not None]
             if not values:
                 continue
-            label = _renamed(panel, _label(spec.get("alias", ""), series.tags, column))
+            label = _renamed(panel, _label(spec.get("alias", ""), series, column))
             pairs.append((label, format_value(values[-1], column, panel, language, zone)))
     return pairs
 
@@ -79,12 +80,14 @@ def _renamed(panel: Mapping[str, Any], name: str) -> str:
     return name
 
 
-def _label(alias: str, tags: Mapping[str, str], column: str) -> str:
+def _label(alias: str, series: Series, column: str) -> str:
+    """A series' name as Grafana's InfluxQL data source gives it: the alias with `$tag_x` and
+    `$col` put in, or `measurement.column {tag: value, …}`."""
     if alias:
-        text = re.sub(r"\$tag_(\w+)", lambda m: tags.get(m[1], ""), alias)
+        text = re.sub(r"\$tag_(\w+)", lambda m: series.tags.get(m[1], ""), alias)
         return text.replace("$col", column)
-    named = [tags[k] for k in sorted(tags)]
-    return " ".join([*named, column]) if named else column
+    tags = ", ".join(f"{k}: {series.tags[k]}" for k in sorted(series.tags))
+    return f"{series.name}.{column}" + (f" {{{tags}}}" if tags else "")
 
 
 def _table(
@@ -141,17 +144,19 @@ def _filtered(records: list[dict[str, Any]], options: Mapping[str, Any]) -> list
 
 
 def _grouped(records: list[dict[str, Any]], options: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Grafana's "group by" with `sum` aggregations."""
-    keys = [k for k, how in options["fields"].items() if how["operation"] == "groupby"]
-    sums = [k for k, how in options["fields"].items() if "sum" in how.get("aggregations", [])]
+    """Grafana's "group by" with `sum` and `count` aggregations."""
+    fields = options["fields"]
+    keys = [k for k, how in fields.items() if how["operation"] == "groupby"]
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in records:
         group = groups.setdefault(
             tuple(record.get(k) for k in keys), {k: record.get(k) for k in keys}
         )
-        for name in sums:
-            total = group.get(f"{name} (sum)", 0)
-            group[f"{name} (sum)"] = total + (record.get(name) or 0)
+        for name, how in fields.items():
+            for aggregation in how.get("aggregations", []):
+                column = f"{name} ({aggregation})"
+                step = record.get(name) or 0 if aggregation == "sum" else 1
+                group[column] = group.get(column, 0) + step
     return list(groups.values())
 
 

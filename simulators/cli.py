@@ -82,6 +82,15 @@ def simulate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    username = os.environ.get(MQTT_USERNAME_VARIABLE) or None
+    password = os.environ.get(MQTT_PASSWORD_VARIABLE) or None
+    if args.mqtt and username is not None and password is None:
+        print(
+            f"aguante simulate: {MQTT_USERNAME_VARIABLE} is {username!r} but "
+            f"{MQTT_PASSWORD_VARIABLE} is empty: set it (in .env for docker compose's demo)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         scenario = load_scenario(args.scenario)
         faults = [parse_fault(f) for f in args.fault]
@@ -97,8 +106,8 @@ def simulate(args: argparse.Namespace) -> int:
             control_port=None if args.list else control_port,
             mqtt_url=args.mqtt,
             board_period=args.board_period,
-            mqtt_username=os.environ.get(MQTT_USERNAME_VARIABLE) or None,
-            mqtt_password=os.environ.get(MQTT_PASSWORD_VARIABLE) or None,
+            mqtt_username=username,
+            mqtt_password=password,
         )
     except (ScenarioError, ValueError, KeyError) as exc:
         print(f"aguante simulate: {exc.args[0] if exc.args else exc}", file=sys.stderr)

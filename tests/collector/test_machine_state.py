@@ -116,6 +116,20 @@ def test_hysteresis_keeps_a_machine_running_between_the_two_thresholds() -> None
     assert plant.states() == [(0, "running"), (20, "idle")]
 
 
+def test_each_hour_begins_with_the_state_in_force_even_without_a_change() -> None:
+    # A chart of 09:00-10:00 must start with a state, though the press has run since 08:00;
+    # and a change settled just before the hour wins over the state it replaced.
+    _, tracker = make()
+    plant = Plant(tracker)
+    plant.run(3600 - 3, current=6.0)  # running from 08:00 until 08:59:57
+    plant.run(3600, current=1.0)  # idle from 08:59:57, confirmed at 09:00:02
+    hour = 3600
+    assert plant.states() == [(0, "running"), (hour - 3, "idle"), (hour, "idle")]
+    plant.run(60, current=6.0)  # running again from 09:59:57
+    codes = {(p.time_ms - T0) // S: p.fields["code"] for p in plant.of(MACHINE_STATE)}
+    assert codes == {0: 3, hour - 3: 2, hour: 2, 2 * hour - 3: 3, 2 * hour: 3}
+
+
 def test_a_blip_shorter_than_min_duration_changes_nothing() -> None:
     _, tracker = make()
     plant = Plant(tracker)

@@ -66,19 +66,33 @@ def test_open_tickets_hide_rules_without_one_and_sectors_are_summed() -> None:
     )
     assert len(lines) == 3 and "m1" in lines[2] and "m0" not in "".join(lines)
     by_sector = panel("maintenance", "Tickets abiertos por sector")
+    tickets_of = {"a": [3, 4], "b": [0, 9], "c": [0]}  # machine → its rules' tickets (0: none)
+    sector_of = {"a": "prensas", "b": "prensas", "c": "hornos"}
     series = [
-        Series("reliability", {"machine": "a", "sector": "prensas"}, [{"open_tickets": 2}]),
-        Series("reliability", {"machine": "b", "sector": "prensas"}, [{"open_tickets": 1}]),
-        Series("reliability", {"machine": "c", "sector": "hornos"}, [{"open_tickets": 0}]),
-    ]
+        Series("rule_status", {"machine": m, "rule": f"r{i}", "sector": sector_of[m]},
+               [{"ticket": t, "status": "open" if t else "", "opened": 0}])
+        for m, ids in tickets_of.items() for i, t in enumerate(ids)
+    ]  # fmt: skip
     lines = panel_lines(
         PanelAnswer("x", by_sector, (0, 1), [TargetAnswer("q", series)]), "es", ZONE
     )
     assert [line.split() for line in lines[1:]] == [
         ["Sector", "Tickets", "abiertos"],
         ["prensas", "3"],
-        ["hornos", "0"],
     ]
+
+
+def test_series_are_named_as_grafana_names_them() -> None:
+    signals = panel("machine", "Señales")
+    series = Series("reading", {}, [{"time": 0, "mean_oil_temp": 41.5, "mean_pressure": None}])
+    lines = panel_lines(
+        PanelAnswer("x", signals, (0, 1), [TargetAnswer("q", [series])]), "es", ZONE
+    )
+    assert lines[1:] == ["  oil_temp  41,5"]
+    bare = {"type": "timeseries", "targets": [{"query": "q"}], "fieldConfig": {"defaults": {}}}
+    series = Series("reading", {"machine": "press-1"}, [{"time": 0, "mean": 2.0}])
+    lines = panel_lines(PanelAnswer("x", bare, (0, 1), [TargetAnswer("q", [series])]), "en", ZONE)
+    assert lines[1:] == ["  reading.mean {machine: press-1}  2"]
 
 
 def test_nothing_to_show_is_said_once() -> None:

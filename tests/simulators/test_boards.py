@@ -566,3 +566,17 @@ def _carries(fmt: str, topic: str, payload: bytes, selector: str, groups: dict[s
         except (KeyError, IndexError, TypeError):
             return False
     return True
+
+
+def test_a_login_without_its_password_is_refused_before_starting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from collector.cli import main
+
+    monkeypatch.setenv("AGUANTE_SIMULATOR_MQTT_USERNAME", "aguante-simulators")
+    monkeypatch.setenv("AGUANTE_SIMULATOR_MQTT_PASSWORD", "")
+    assert main(["simulate", "metalworks", "--mqtt", "mqtt://127.0.0.1:1"]) == 2
+    assert capsys.readouterr().err == (
+        "aguante simulate: AGUANTE_SIMULATOR_MQTT_USERNAME is 'aguante-simulators' but "
+        "AGUANTE_SIMULATOR_MQTT_PASSWORD is empty: set it (in .env for docker compose's demo)\n"
+    )
