@@ -7,7 +7,7 @@ COPY dashboards ./dashboards
 COPY maintenance ./maintenance
 COPY simulators ./simulators
 RUN pip install --no-cache-dir . && useradd --system --home /var/lib/aguante aguante \
-    && mkdir -p /var/lib/aguante && chown aguante /var/lib/aguante
+    && mkdir -p /var/lib/aguante/dashboards && chown -R aguante /var/lib/aguante
 USER aguante
 WORKDIR /var/lib/aguante
 ENTRYPOINT ["aguante"]
