@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -45,6 +46,7 @@ import buffer_bench  # noqa: E402  (benchmarks/, the script's own directory)
 import kpi_bench  # noqa: E402
 import maintenance_bench  # noqa: E402
 import mqtt_bench  # noqa: E402
+import serial_bench  # noqa: E402
 from machine import machine_description  # noqa: E402
 
 from tests.services import InfluxDB  # noqa: E402
@@ -58,6 +60,7 @@ _PR_SET_PDEATHSIG = 1
 KPI_SHAPE = "kpi-year"  # a year of minute rollups for 50 machines, then KPI queries
 MAINTENANCE_SHAPE = maintenance_bench.MAINTENANCE_SHAPE  # rule cycles and the ticket API
 BUFFER_SHAPE = buffer_bench.BUFFER_SHAPE  # a long outage through the durable buffer
+SERIAL_SHAPE = serial_bench.SERIAL_SHAPE  # Modbus RTU against the wire time of its baud rate
 REQUEST_TOLERANCE = 0.01  # window edges cut a poll or two; a wrong plan is off by >= 10 %
 
 
@@ -113,7 +116,14 @@ SHAPES = {
         tuple(a for base in range(0, 200, 40) for a in (base, base + 11)),
     ),
 }
-ALL_SHAPES = [*SHAPES, *mqtt_bench.MQTT_SHAPES, KPI_SHAPE, MAINTENANCE_SHAPE, BUFFER_SHAPE]
+ALL_SHAPES = [
+    *SHAPES,
+    *mqtt_bench.MQTT_SHAPES,
+    KPI_SHAPE,
+    MAINTENANCE_SHAPE,
+    BUFFER_SHAPE,
+    SERIAL_SHAPE,
+]
 
 
 @dataclass(frozen=True)
@@ -520,7 +530,7 @@ class Verdict:
 
 def verdicts(plain: Measurement | None, aguante: Measurement | None) -> list[Verdict]:
     out: list[Verdict] = []
-    if plain is not None and aguante is not None:
+    if plain is not None and aguante is not None and plain.cpu_per_1000_values > 0:
         ratio = aguante.cpu_per_1000_values / plain.cpu_per_1000_values
         out.append(
             Verdict(
@@ -565,7 +575,9 @@ def shape_table(shape: Shape, results: list[Measurement]) -> list[str]:
         (
             "… relative to the plain loop",
             [
-                f"{m.cpu_per_1000_values / base.cpu_per_1000_values:.2f}×" if base else "—"
+                f"{m.cpu_per_1000_values / base.cpu_per_1000_values:.2f}×"
+                if base and base.cpu_per_1000_values > 0
+                else "—"
                 for m in results
             ],
         ),
@@ -660,6 +672,7 @@ def write_report(
     kpi_result: kpi_bench.KpiMeasurement | None = None,
     maintenance_result: maintenance_bench.MaintenanceMeasurement | None = None,
     buffer_result: buffer_bench.BufferMeasurement | None = None,
+    serial_result: serial_bench.SerialMeasurement | None = None,
 ) -> None:
     info = machine_description()
     lines = [
@@ -681,8 +694,9 @@ def write_report(
     ]
     if results:
         lines += ["## Modbus: polled devices", ""]
-    for shape_name, measurements in results.items():
-        lines += shape_table(SHAPES[shape_name], measurements)
+    for measurements in results.values():
+        if measurements:
+            lines += shape_table(measurements[0].shape, measurements)
     if results:
         lines += [
             "### How to read the Modbus tables",
@@ -696,6 +710,8 @@ def write_report(
         lines += maintenance_bench.report_lines(maintenance_result)
     if buffer_result is not None:
         lines += buffer_bench.report_lines(buffer_result)
+    if serial_result is not None:
+        lines += serial_bench.report_lines(serial_result)
     lines += _soak_section(path)
     path.write_text("\n".join(lines))
 
@@ -727,10 +743,12 @@ def run(
         influx = stack.enter_context(InfluxDB(workdir / "influxdb"))
         for shape_name in (s for s in args.shapes if s in SHAPES):
             shape = SHAPES[shape_name]
+            if args.devices is not None:  # a smoke run: the same shape, fewer devices
+                shape = dataclasses.replace(shape, devices=min(args.devices, shape.devices))
             print(f"== {shape.title}: starting {shape.devices} simulated devices", flush=True)
             with SimServer(shape, workdir) as sim:
                 results[shape_name] = []
-                for contender in CONTENDERS:
+                for contender in (c for c in CONTENDERS if c.name in args.contenders):
                     slug = contender.name.replace(" ", "_")
                     target = Target(shape, sim.ports, influx.url, f"{shape.name}_{slug}", workdir)
                     print(
@@ -792,7 +810,21 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output", type=Path, default=BENCH / "RESULTS.md", help="report (benchmarks/RESULTS.md)"
     )
+    parser.add_argument(
+        "--devices", type=int, help="at most this many devices per Modbus shape (a smoke run)"
+    )
+    names = [c.name for c in CONTENDERS]
+    parser.add_argument(
+        "--contenders",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        default=names,
+        help=f"comma-separated, of: {', '.join(names)} (all)",
+    )
     args = parser.parse_args(argv)
+    if set(args.contenders) - set(names):
+        parser.error(f"unknown contender(s); known: {', '.join(names)}")
+    if args.devices is not None and args.devices < 1:
+        parser.error("--devices must be at least 1")
     known = ALL_SHAPES
     unknown = [s for s in args.shapes if s not in known]
     if unknown:
@@ -818,6 +850,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if BUFFER_SHAPE in args.shapes:
             print("== durable buffer through a long outage", flush=True)
             buffer_result = buffer_bench.run_buffer()
+        serial_result = None
+        if SERIAL_SHAPE in args.shapes:
+            print("== Modbus RTU against the wire time of its baud rate", flush=True)
+            serial_result = serial_bench.run_serial()
     except KeyboardInterrupt:
         print("interrupted; every process started was stopped", file=sys.stderr)
         return 130
@@ -830,6 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kpi_result,
         maintenance_result,
         buffer_result=buffer_result,
+        serial_result=serial_result,
     )
     print(f"wrote {args.output}")
     return 0

@@ -1,0 +1,38 @@
+"""`make bench` still runs: its Modbus part at a toy size, in seconds, producing numbers for each
+contender. Nothing is asserted about speed — that is the benchmark's own report."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_modbus_benchmark_runs_and_reports_numbers_for_each_contender(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "RESULTS.md"
+    argv = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run.py"),
+        "--shapes", "plant",
+        "--devices", "2",
+        "--seconds", "3",
+        "--warmup", "4",
+        "--contenders", "plain loop,aguante",
+        "--output", str(report),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = report.read_text()
+    row = next(line for line in text.splitlines() if "CPU s per 1,000 values stored" in line)
+    assert len(re.findall(r"\*\*\d+\.\d+\*\*", row)) == 2, row
+    requests = next(line for line in text.splitlines() if "Modbus requests per poll" in line)
+    assert re.findall(r"\| (\d+\.\d+)", requests) == ["1.00", "1.00"], requests
