@@ -27,6 +27,10 @@ unit: venv
 	$(BIN)/pytest -W error -m "not integration"
 
 bench: system-deps venv
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  echo "installing Debian packages: nodejs npm (Node-RED, the benchmark's peer)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm; }
 	$(BIN)/python benchmarks/run.py
 
 # 30 minutes of faults against the collector and its disk buffer, then an account of every

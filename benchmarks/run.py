@@ -1,8 +1,11 @@
-"""`make bench`: the collector against the plainest Python loop, polling the same simulated devices
-into the same InfluxDB, in one run on this machine; then (mqtt_bench.py) against the plainest
-paho subscriber, taking add-on boards' messages from Mosquitto; then (kpi_bench.py) KPI queries
-over a year of minute rollups of 50 machines; then (maintenance_bench.py) maintenance rule cycles
-of 50 machines × 10 rules and the ticket API under 20 clients; rewrites benchmarks/RESULTS.md.
+"""`make bench`: the collector against the plainest Python loop and against Node-RED, polling the
+same simulated devices into the same InfluxDB, in one run on this machine; then (mqtt_bench.py)
+against the plainest paho subscriber, taking add-on boards' messages from Mosquitto; then
+(kpi_bench.py) KPI queries over a year of minute rollups of 50 machines; then
+(maintenance_bench.py) maintenance rule cycles of 50 machines × 10 rules and the ticket API under
+20 clients; the durable buffer through a long outage (buffer_bench.py); Modbus RTU against the
+wire time (serial_bench.py); 1,000 devices on one core and the memory (scale_bench.py); rewrites
+benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/run.py [--seconds 30] [--warmup 5] [--repeat 2] [--burst 50000]
         [--shapes plant,scale,mqtt-tasmota,mqtt-tasmota-burst,mqtt-plain,mqtt-plain-burst,kpi-year,
@@ -46,6 +49,7 @@ import buffer_bench  # noqa: E402  (benchmarks/, the script's own directory)
 import kpi_bench  # noqa: E402
 import maintenance_bench  # noqa: E402
 import mqtt_bench  # noqa: E402
+import nodered  # noqa: E402
 import serial_bench  # noqa: E402
 from machine import machine_description  # noqa: E402
 
@@ -56,6 +60,7 @@ MAX_REGISTERS = 125  # per read request, the protocol's limit (function code 3)
 FACTORY = "bench"
 SECTOR = "bench"
 CPU_TARGET = 1.0  # aguante's CPU per value stored, as a multiple of the plain loop's
+NODE_RED_FACTOR = 10.0  # … and at least this many times less than Node-RED's
 _PR_SET_PDEATHSIG = 1
 KPI_SHAPE = "kpi-year"  # a year of minute rollups for 50 machines, then KPI queries
 MAINTENANCE_SHAPE = maintenance_bench.MAINTENANCE_SHAPE  # rule cycles and the ticket API
@@ -228,7 +233,7 @@ class Aguante:
         return sum(int(row["last"]) for row in rows) if rows else None
 
 
-CONTENDERS: list[Contender] = [PlainLoop(), Aguante()]
+CONTENDERS: list[Contender] = [PlainLoop(), Aguante(), nodered.NodeRed(FACTORY, SECTOR)]
 
 
 @dataclass
@@ -470,7 +475,8 @@ def measure(
             preexec_fn=_die_with_parent,
         )
     try:
-        if _exited_within(process, warmup):
+        # Some take longer to start polling (Node-RED deploys its flows first): their own extra.
+        if _exited_within(process, warmup + getattr(contender, "extra_warmup_s", 0.0)):
             raise RuntimeError(f"{contender.name} exited at start:\n{_tail(err_path)}")
         before = snapshot(process.pid)
         if _exited_within(process, seconds):
@@ -528,8 +534,19 @@ class Verdict:
     passed: bool
 
 
-def verdicts(plain: Measurement | None, aguante: Measurement | None) -> list[Verdict]:
+def verdicts(
+    plain: Measurement | None, aguante: Measurement | None, node_red: Measurement | None = None
+) -> list[Verdict]:
     out: list[Verdict] = []
+    if node_red is not None and aguante is not None and aguante.cpu_per_1000_values > 0:
+        times = node_red.cpu_per_1000_values / aguante.cpu_per_1000_values
+        out.append(
+            Verdict(
+                f"aguante CPU per value ≥ {NODE_RED_FACTOR:.0f}× less than Node-RED's: "
+                f"{times:.1f}× less",
+                times >= NODE_RED_FACTOR,
+            )
+        )
     if plain is not None and aguante is not None and plain.cpu_per_1000_values > 0:
         ratio = aguante.cpu_per_1000_values / plain.cpu_per_1000_values
         out.append(
@@ -538,7 +555,7 @@ def verdicts(plain: Measurement | None, aguante: Measurement | None) -> list[Ver
                 ratio <= CPU_TARGET,
             )
         )
-    for m in (plain, aguante):
+    for m in (plain, aguante, node_red):
         if m is None:
             continue
         minimum = len(m.shape.minimum_reads)
@@ -628,7 +645,10 @@ def shape_table(shape: Shape, results: list[Measurement]) -> list[str]:
     lines.append("")
     plain = base
     aguante = next((m for m in results if m.contender == "aguante"), None)
-    lines += [f"- {'PASS' if v.passed else 'FAIL'}: {v.label}" for v in verdicts(plain, aguante)]
+    node_red = next((m for m in results if m.contender == nodered.NodeRed.name), None)
+    lines += [
+        f"- {'PASS' if v.passed else 'FAIL'}: {v.label}" for v in verdicts(plain, aguante, node_red)
+    ]
     for m in results:
         lines += [f"- note ({m.contender}): {problem}" for problem in m.problems]
     lines.append("")
@@ -642,13 +662,18 @@ def _address_summary(addresses: Sequence[int]) -> str:
 
 
 HOW_TO_READ = """\
-Both contenders poll the same simulated Modbus TCP devices (`benchmarks/sim_server.py`, a process
+The contenders poll the same simulated Modbus TCP devices (`benchmarks/sim_server.py`, a process
 of its own) every second and store the same points — measurement `reading`, tags
-factory/sector/machine, one integer field per register, ms time stamps — in a fresh database of
-one private `influxd`. The *plain loop* (`benchmarks/plain_loop.py`) is the floor of what Python
+factory/sector/machine, one field per register, ms time stamps — in a fresh database of one
+private `influxd`. The *plain loop* (`benchmarks/plain_loop.py`) is the floor of what Python
 does for that job: one pymodbus client per device, the fewest reads, line protocol built by hand,
 one POST a cycle; no config validation, no buffer, no retries, no health points. *aguante* is the
-real `aguante collect` on a generated config, its health points every 10 s included.
+real `aguante collect` on a generated config, its health points every 10 s included. *Node-RED*
+is the do-it-yourself stack plants use today (`benchmarks/nodered.py`: Node-RED 4.1 with
+node-red-contrib-modbus and node-red-contrib-influxdb, installed from npm by the benchmark into
+`benchmarks/nodered/`): per device a Modbus client, one read node per request of the same plan, a
+function node joining the registers into one point, and an InfluxDB node writing each point as it
+comes — the way such flows are built (its fields are floats: the node writes JS numbers so).
 
 Only the window after the warm-up counts. CPU is user+sys time of the contender's process
 (/proc/PID/stat) over the window, divided by the values whose time stamps fall in it, counted in
@@ -688,7 +713,8 @@ def write_report(
         f"aguante {info['aguante']}, {info['influxd']}",
         f"- command: `{' '.join(['benchmarks/run.py', *sys.argv[1:]])}` "
         f"({args.seconds:g} s measured per contender per shape after {args.warmup:g} s warm-up; "
-        "contenders one after the other, plain loop first; MQTT: the plant rates for as long, "
+        "contenders one after the other, plain loop first, Node-RED with 10 s more warm-up; "
+        "MQTT: the plant rates for as long, "
         f"bursts of {args.burst:,} messages, each contender {args.repeat}×)",
         "",
     ]
