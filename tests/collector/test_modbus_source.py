@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -203,3 +204,15 @@ async def test_pause_between_requests_holds_between_units_of_one_bus() -> None:
     # between them, whichever unit each was for.
     assert len(link.requests) >= 5
     assert loop.time() - started >= 0.05 * (len(link.requests) - 1) - 0.01
+
+
+def test_devices_connected_together_are_spread_over_their_interval() -> None:
+    # A thousand devices connected at once, all due at the same instant every second, made the
+    # last of them wait up to a third of a second each time (benchmarks: scale-1000).
+    from collector.sources.modbus import PHASE_SPREAD_MAX, _phase
+
+    phases = sorted(_phase(f"m-{n}", 1.0) for n in range(1000))
+    assert phases[0] >= 0 and phases[-1] < 1.0
+    assert max(b - a for a, b in itertools.pairwise([0.0, *phases, 1.0])) < 0.02
+    assert _phase("m-7", 1.0) == _phase("m-7", 1.0)  # the same at every start
+    assert _phase("slow", 600.0) < PHASE_SPREAD_MAX
