@@ -1535,6 +1535,25 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     return parse_config(text, source=source, environ=os.environ if environ is None else environ)
 
 
+def _fresh(value: Any) -> Any:
+    """A copy of loaded YAML made of new objects. The parser's own garbage lies between the
+    objects it returns, so Python's allocator could give none of that memory back while the
+    data lived: a file of 100 devices × 60 signals kept 23 MiB, its copy 13 (benchmarks:
+    memory). Dates and other scalars stay as they are."""
+    kind = type(value)
+    if kind is dict:
+        return {_fresh(k): _fresh(v) for k, v in value.items()}
+    if kind is list:
+        return [_fresh(item) for item in value]
+    if kind is str:
+        return value.encode().decode()
+    if kind is float:
+        return value + 0.0
+    if kind is int:
+        return value + 0
+    return value
+
+
 def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, str]) -> Config:
     """Validate YAML text; environment variables in ENV_OVERRIDES win over the file."""
     try:
@@ -1551,6 +1570,7 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
             source,
             [ConfigProblem("", "the file must be a mapping with factory, sectors, machines")],
         )
+    data = _fresh(data)
     problems: list[ConfigProblem] = []
     for section, secrets in _SECRETS.items():
         block = _block(data, section, create=False)
