@@ -43,7 +43,9 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger("aguante")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
+    """The `aguante` parser; `plugins=False` leaves out the commands other packages register
+    (they import their packages: a few MiB a long-running `collect` does not need)."""
     parser = argparse.ArgumentParser(
         prog="aguante",
         description="Production and machinery tracking for worker-run factories.",
@@ -159,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_db(commands)
 
     for entry in sorted(entry_points(group="aguante.commands"), key=lambda e: e.name):
+        if not plugins:
+            break
         try:
             register = entry.load()
         except ImportError as exc:
@@ -169,8 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands of this package that run for long: their parser needs no other package's commands.
+_LEAN_COMMANDS = frozenset({"collect"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--log-level")
+    first.add_argument("command", nargs="?")
+    known, _ = first.parse_known_args(argv)
+    args = build_parser(plugins=known.command not in _LEAN_COMMANDS).parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -116,3 +116,19 @@ async def test_collect_runs_until_sigint_and_flushes(
     assert {row["machine"] for row in machines} == {m.id for m in config.machines}
     health = influxdb.query("SELECT last(written) AS written FROM collector")
     assert health[0]["written"] > 0
+
+
+def test_collect_loads_no_other_packages_command() -> None:
+    # `collect` runs for months: the simulators', dashboards' and maintenance's commands (and
+    # the packages they import) stay out of its memory.
+    code = (
+        "import sys\n"
+        "from collector import cli\n"
+        "try:\n"
+        "    cli.main(['--log-level', 'DEBUG', 'collect', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(p for p in ('simulators', 'dashboards', 'maintenance') if p in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
