@@ -50,6 +50,7 @@ import kpi_bench  # noqa: E402
 import maintenance_bench  # noqa: E402
 import mqtt_bench  # noqa: E402
 import nodered  # noqa: E402
+import scale_bench  # noqa: E402
 import serial_bench  # noqa: E402
 from machine import machine_description  # noqa: E402
 
@@ -66,6 +67,8 @@ KPI_SHAPE = "kpi-year"  # a year of minute rollups for 50 machines, then KPI que
 MAINTENANCE_SHAPE = maintenance_bench.MAINTENANCE_SHAPE  # rule cycles and the ticket API
 BUFFER_SHAPE = buffer_bench.BUFFER_SHAPE  # a long outage through the durable buffer
 SERIAL_SHAPE = serial_bench.SERIAL_SHAPE  # Modbus RTU against the wire time of its baud rate
+SCALE_SHAPE = scale_bench.SCALE_SHAPE  # 1,000 devices × 60 registers on one core
+MEMORY_SHAPE = scale_bench.MEMORY_SHAPE  # the collector's RSS: the example plant, 100 devices
 REQUEST_TOLERANCE = 0.01  # window edges cut a poll or two; a wrong plan is off by >= 10 %
 
 
@@ -128,6 +131,8 @@ ALL_SHAPES = [
     MAINTENANCE_SHAPE,
     BUFFER_SHAPE,
     SERIAL_SHAPE,
+    SCALE_SHAPE,
+    MEMORY_SHAPE,
 ]
 
 
@@ -698,6 +703,8 @@ def write_report(
     maintenance_result: maintenance_bench.MaintenanceMeasurement | None = None,
     buffer_result: buffer_bench.BufferMeasurement | None = None,
     serial_result: serial_bench.SerialMeasurement | None = None,
+    scale_result: scale_bench.ScaleMeasurement | None = None,
+    memory_result: scale_bench.MemoryMeasurement | None = None,
 ) -> None:
     info = machine_description()
     lines = [
@@ -738,6 +745,8 @@ def write_report(
         lines += buffer_bench.report_lines(buffer_result)
     if serial_result is not None:
         lines += serial_bench.report_lines(serial_result)
+    if scale_result is not None or memory_result is not None:
+        lines += scale_bench.report_lines(scale_result, memory_result)
     lines += _soak_section(path)
     path.write_text("\n".join(lines))
 
@@ -880,6 +889,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if SERIAL_SHAPE in args.shapes:
             print("== Modbus RTU against the wire time of its baud rate", flush=True)
             serial_result = serial_bench.run_serial()
+        scale_result = memory_result = None
+        if SCALE_SHAPE in args.shapes:
+            print("== 1,000 Modbus devices on one core", flush=True)
+            scale_result = scale_bench.run_scale(progress=lambda line: print(line, flush=True))
+        if MEMORY_SHAPE in args.shapes:
+            print("== the collector's memory", flush=True)
+            memory_result = scale_bench.run_memory(progress=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print("interrupted; every process started was stopped", file=sys.stderr)
         return 130
@@ -893,6 +909,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         maintenance_result,
         buffer_result=buffer_result,
         serial_result=serial_result,
+        scale_result=scale_result,
+        memory_result=memory_result,
     )
     print(f"wrote {args.output}")
     return 0
