@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -208,11 +207,30 @@ async def test_pause_between_requests_holds_between_units_of_one_bus() -> None:
 
 def test_devices_connected_together_are_spread_over_their_interval() -> None:
     # A thousand devices connected at once, all due at the same instant every second, made the
-    # last of them wait up to a third of a second each time (benchmarks: scale-1000).
-    from collector.sources.modbus import PHASE_SPREAD_MAX, _phase
+    # last of them wait up to 0.2 s each time (benchmarks: scale-1000); a few stay together.
+    from collector.sources.modbus import DEVICES_PER_PHASE, PHASE_SPREAD_MAX, _phase
 
-    phases = sorted(_phase(f"m-{n}", 1.0) for n in range(1000))
-    assert phases[0] >= 0 and phases[-1] < 1.0
-    assert max(b - a for a, b in itertools.pairwise([0.0, *phases, 1.0])) < 0.02
-    assert _phase("m-7", 1.0) == _phase("m-7", 1.0)  # the same at every start
-    assert _phase("slow", 600.0) < PHASE_SPREAD_MAX
+    phases = [_phase(f"m-{n}", 1.0, 10) for n in range(1000)]
+    assert sorted(set(phases)) == [n / 10 for n in range(10)]
+    assert max(phases.count(p) for p in set(phases)) < 2 * DEVICES_PER_PHASE
+    assert {_phase(f"m-{n}", 1.0, 1) for n in range(20)} == {0.0}  # one turn for a few
+    assert _phase("m-7", 1.0, 10) == _phase("m-7", 1.0, 10)  # the same at every start
+    assert _phase("slow", 600.0, 10) < PHASE_SPREAD_MAX
+
+
+async def test_the_phases_follow_the_number_of_devices() -> None:
+    from collector.sources.modbus import modbus_sources
+
+    def phases(devices: int) -> set[int]:
+        machines = "".join(
+            f"  - {{id: m{n}, sector: s, modbus: {{host: 127.0.0.1, port: {1000 + n},"
+            " signals: [{name: v, table: holding, address: 0, type: uint16}]}}\n"
+            for n in range(devices)
+        )
+        config = parse_config(
+            f"factory: f\nsectors: [{{id: s}}]\nmachines:\n{machines}", environ={}
+        )
+        return {source._phases for source in modbus_sources(config)}
+
+    assert phases(20) == {1}
+    assert phases(250) == {3}
