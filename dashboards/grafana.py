@@ -263,6 +263,22 @@ class _Builder:
             "hide": 0,
         }
 
+    def ticket_annotation(self, selection: str) -> dict[str, Any]:
+        """Ticket events of the selected machines as annotations on every time-series panel."""
+        query = (
+            f"SELECT {quote_ident('title')}, {quote_ident('event')}"
+            f" FROM {self.source(TICKET)} WHERE {selection} AND $timeFilter"
+        )
+        return {
+            "name": self.t("annotation.tickets"),
+            "datasource": dict(DATASOURCE),
+            "enable": True,
+            "iconColor": "orange",
+            "query": query,
+            "textColumn": "title",
+            "tagsColumn": "event",
+        }
+
     def panel(
         self,
         kind: str,
@@ -581,18 +597,7 @@ class _Builder:
             24,
             8,
         )
-        tickets = {
-            "name": self.t("annotation.tickets"),
-            "datasource": dict(DATASOURCE),
-            "enable": True,
-            "iconColor": "orange",
-            "query": (
-                f"SELECT {quote_ident('title')}, {quote_ident('event')}"
-                f" FROM {self.source(TICKET)} WHERE {one} AND $timeFilter"
-            ),
-            "textColumn": "title",
-            "tagsColumn": "event",
-        }
+        tickets = self.ticket_annotation(one)
         return self.dashboard(
             "machine",
             layout,
@@ -776,18 +781,7 @@ class _Builder:
             24,
             9,
         )
-        tickets = {
-            "name": self.t("annotation.tickets"),
-            "datasource": dict(DATASOURCE),
-            "enable": True,
-            "iconColor": "orange",
-            "query": (
-                f"SELECT {quote_ident('title')}, {quote_ident('event')}"
-                f" FROM {self.source(TICKET)} WHERE {SELECTED} AND $timeFilter"
-            ),
-            "textColumn": "title",
-            "tagsColumn": "event",
-        }
+        tickets = self.ticket_annotation(SELECTED)
         return self.dashboard(
             "maintenance",
             layout,
