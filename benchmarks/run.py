@@ -346,6 +346,23 @@ def free_port_block(count: int) -> int:
     raise RuntimeError(f"no block of {count + 1} free loopback ports found")
 
 
+def wait_ready(process: subprocess.Popen[bytes], what: str, log_path: Path) -> None:
+    """Wait for the `{"ready": ...}` line a device server prints once every device listens."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout=60):
+            raise RuntimeError(f"{what} did not start within 60 s")
+    if not process.stdout.readline().startswith(b'{"ready"'):
+        raise RuntimeError(f"{what} did not start:\n{_tail(log_path)}")
+
+
+def stop_ready_process(process: subprocess.Popen[bytes]) -> None:
+    stop_process(process)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
 class SimServer:
     """benchmarks/sim_server.py serving a shape, in its own process and session."""
 
@@ -376,14 +393,7 @@ class SimServer:
                 preexec_fn=_die_with_parent,
             )
         try:
-            assert self.process.stdout is not None
-            with selectors.DefaultSelector() as selector:
-                selector.register(self.process.stdout, selectors.EVENT_READ)
-                if not selector.select(timeout=60):
-                    raise RuntimeError("the simulators did not start within 60 s")
-            line = self.process.stdout.readline()
-            if not line.startswith(b'{"ready"'):
-                raise RuntimeError(f"the simulators did not start:\n{self.log_tail()}")
+            wait_ready(self.process, "the simulators", self.log_path)
         except BaseException:
             self.close()
             raise
@@ -395,9 +405,7 @@ class SimServer:
     def close(self) -> None:
         process, self.process = self.process, None
         if process is not None:
-            stop_process(process)
-            if process.stdout is not None:
-                process.stdout.close()
+            stop_ready_process(process)
 
     @property
     def pid(self) -> int:
@@ -409,9 +417,6 @@ class SimServer:
         response = httpx.get(f"http://127.0.0.1:{self.control_port}/devices", timeout=10.0)
         response.raise_for_status()
         return sum(int(device["requests"]) for device in response.json())
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
 
 
 def influx_writes(influx: InfluxDB) -> tuple[int, int]:

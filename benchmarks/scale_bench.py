@@ -27,7 +27,6 @@ import json
 import math
 import os
 import resource
-import selectors
 import shutil
 import signal
 import socket
@@ -60,6 +59,8 @@ from run import (  # noqa: E402
     influxd_pid,
     peak_rss_kib,
     stop_process,
+    stop_ready_process,
+    wait_ready,
 )
 
 from tests.services import InfluxDB, Mosquitto  # noqa: E402  (run.py put ROOT on sys.path)
@@ -507,13 +508,7 @@ class FastSim:
                 preexec_fn=_child_setup(None),
             )
         try:
-            assert self.process.stdout is not None
-            with selectors.DefaultSelector() as selector:
-                selector.register(self.process.stdout, selectors.EVENT_READ)
-                if not selector.select(timeout=60):
-                    raise RuntimeError("the simulated devices did not start within 60 s")
-            if not self.process.stdout.readline().startswith(b'{"ready"'):
-                raise RuntimeError(f"the simulated devices did not start:\n{_tail(self.err_path)}")
+            wait_ready(self.process, "the simulated devices", self.err_path)
         except BaseException:
             self.close()
             raise
@@ -525,9 +520,7 @@ class FastSim:
     def close(self) -> None:
         process, self.process = self.process, None
         if process is not None:
-            stop_process(process)
-            if process.stdout is not None:
-                process.stdout.close()
+            stop_ready_process(process)
 
     @property
     def pid(self) -> int:
