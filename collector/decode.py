@@ -13,7 +13,14 @@ from collections.abc import Callable, Sequence
 from collector.config import Signal
 from collector.schema import FieldValue
 
-__all__ = ["DecodeError", "Decoder", "compile_decoder", "decode_signal", "registers_to_bytes"]
+__all__ = [
+    "DecodeError",
+    "Decoder",
+    "compile_decoder",
+    "decode_signal",
+    "is_register_as_is",
+    "registers_to_bytes",
+]
 
 # (the whole answer of a read, where the signal starts in it) → value: no slice per value.
 Decoder = Callable[[Sequence[int], int], FieldValue]
@@ -40,6 +47,17 @@ def registers_to_bytes(registers: Sequence[int], byte_order: str, word_order: st
     """Bytes most significant first, undoing the device's word and byte order."""
     words = list(registers) if word_order == "big" else list(reversed(registers))
     return struct.pack(f"{'>' if byte_order == 'big' else '<'}{len(words)}H", *words)
+
+
+def is_register_as_is(signal: Signal) -> bool:
+    """A signal whose value is its one register unchanged: uint16, bytes in wire order, stored
+    as an integer (no scale or offset)."""
+    return (
+        signal.type == "uint16"
+        and signal.wire_table in ("holding", "input")
+        and signal.orders[0] == "big"
+        and signal.field_kind == "int"
+    )
 
 
 def compile_decoder(signal: Signal) -> Decoder:

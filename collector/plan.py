@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
 
 from collector.config import ModbusDevice, Signal, Table
-from collector.decode import Decoder, compile_decoder
+from collector.decode import DecodeError, Decoder, compile_decoder, is_register_as_is
+from collector.schema import FieldValue
 
 __all__ = ["ReadRequest", "coalesce_reads"]
 
@@ -21,15 +24,49 @@ class ReadRequest:
     address: int
     count: int
     signals: tuple[Signal, ...]
-    # (field name, index of the signal's first value in the answer, its compiled decoder)
+    # (field name, index of the signal's first value in the answer, its compiled decoder), for
+    # the signals that need decoding
     layout: tuple[tuple[str, int, Decoder], ...] = field(init=False, compare=False)
+    # The signals whose value is their register as it is (uint16, no scale): their names, and a
+    # function taking their registers out of the answer at once — the common case of an old
+    # PLC's counters and states, with no call per value.
+    as_is: tuple[str, ...] = field(init=False, compare=False)
+    take_as_is: Callable[[Sequence[int]], tuple[int, ...]] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
+        plain = [s for s in self.signals if is_register_as_is(s)]
         layout = tuple(
             (signal.name, signal.wire_address - self.address, compile_decoder(signal))
             for signal in self.signals
+            if not is_register_as_is(signal)
         )
         object.__setattr__(self, "layout", layout)
+        object.__setattr__(self, "as_is", tuple(s.name for s in plain))
+        object.__setattr__(
+            self, "take_as_is", _taker([s.wire_address - self.address for s in plain])
+        )
+
+    def decode(self, data: Sequence[Any], values: dict[str, FieldValue]) -> int:
+        """Put the signals' values from the whole answer (registers, or bits) into `values`;
+        returns how many could not be decoded (left out: a NaN, a value InfluxDB cannot hold)."""
+        if self.as_is:
+            values.update(zip(self.as_is, self.take_as_is(data), strict=True))
+        errors = 0
+        for name, at, decode in self.layout:
+            try:
+                values[name] = decode(data, at)
+            except (DecodeError, ValueError):
+                errors += 1
+        return errors
+
+
+def _taker(at: list[int]) -> Callable[[Sequence[int]], tuple[int, ...]]:
+    if not at:
+        return lambda data: ()
+    if len(at) == 1:  # itemgetter of one index gives the item, not a tuple of it
+        only = at[0]
+        return lambda data: (data[only],)
+    return itemgetter(*at)
 
 
 def coalesce_reads(device: ModbusDevice) -> list[ReadRequest]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import zlib
 from collections import deque
@@ -22,7 +23,6 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from collector.config import Config, Machine, ModbusDevice
-from collector.decode import DecodeError
 from collector.plan import ReadRequest, coalesce_reads
 from collector.schema import FieldValue
 from collector.sources import DeviceHealth, HealthRecord, Reading, Unavailable
@@ -205,8 +205,9 @@ class ModbusConnection:
                     continue
                 now = loop.time()
                 for polled in self._polled:
-                    interval = polled.device.poll_interval
-                    polled.due = now + _phase(polled.machine.id, interval, self._phases)
+                    polled.due = _first_due(
+                        now, polled.machine.id, polled.device.poll_interval, self._phases
+                    )
             polled = min(self._polled, key=lambda p: p.due)
             wait = polled.due - loop.time()
             if wait > 0:
@@ -343,11 +344,16 @@ class ModbusConnection:
         data: list[Any] = (
             response.bits if request.table in ("coil", "discrete") else response.registers
         )
-        for name, at, decode in request.layout:
-            try:
-                values[name] = decode(data, at)
-            except (DecodeError, ValueError):
-                polled.health.decode_errors += 1
+        polled.health.decode_errors += request.decode(data, values)
+
+
+def _first_due(now: float, machine_id: str, interval: float, phases: int) -> float:
+    """A device's first poll after a connect: its phase on a grid of the event loop's clock that
+    every connection shares, so that devices of one phase, each on its own connection, are due at
+    the same instant and polled in one turn of the loop, not woken one by one as they happened to
+    connect."""
+    step = min(interval, PHASE_SPREAD_MAX)
+    return math.ceil(now / step) * step + _phase(machine_id, interval, phases)
 
 
 def _phase(machine_id: str, interval: float, phases: int) -> float:

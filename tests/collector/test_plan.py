@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from collector.config import ModbusDevice
 from collector.plan import coalesce_reads
 
@@ -79,3 +81,49 @@ def test_scattered_registers_use_the_minimum() -> None:
     assert len(coalesce_reads(device(registers(*range(0, 300, 30))))) == 10
     # ... while 10 registers 5 apart fit one request.
     assert spans(device(registers(*range(0, 50, 5)))) == [("holding", 0, 46)]
+
+
+def test_a_request_decodes_registers_as_they_are_and_the_others_by_their_type() -> None:
+    dev = device(
+        [
+            {"name": "count", "table": "holding", "address": 0, "type": "uint16"},
+            {
+                "name": "swapped",
+                "table": "holding",
+                "address": 1,
+                "type": "uint16",
+                "order": "BADC",
+            },
+            {"name": "signed", "table": "holding", "address": 2, "type": "int16"},
+            {"name": "scaled", "table": "holding", "address": 3, "type": "uint16", "scale": 0.1},
+            {"name": "temp", "table": "holding", "address": 4, "type": "float32"},
+            {"name": "state", "table": "holding", "address": 7, "type": "uint16"},
+            {"name": "bit", "table": "holding", "address": 8, "type": "bool", "bit": 3},
+        ]
+    )
+    (request,) = coalesce_reads(dev)
+    assert request.as_is == ("count", "state")  # only these skip the per-value decoders
+    values: dict[str, Any] = {}
+    # 0x42F6E979 is 123.456 in IEEE 754 single precision
+    data = [65535, 0x3412, 0xFF38, 1234, 0x42F6, 0xE979, 0, 7, 0b1000]
+    assert request.decode(data, values) == 0
+    assert values == {
+        "count": 65535,
+        "swapped": 0x1234,
+        "signed": -200,
+        "scaled": 123.4,
+        "temp": pytest.approx(123.456, rel=1e-6),
+        "state": 7,
+        "bit": True,
+    }
+    assert type(values["count"]) is int
+
+
+def test_a_lone_register_as_is_and_none_at_all() -> None:
+    (one,) = coalesce_reads(device(registers(5)))
+    values: dict[str, Any] = {}
+    assert one.decode([42], values) == 0 and values == {"holding5": 42}
+    (floats,) = coalesce_reads(device(registers(0, kind="float32")))
+    assert floats.as_is == ()
+    values = {}
+    assert floats.decode([0x7FC0, 0], values) == 1 and values == {}  # NaN: left out, counted
