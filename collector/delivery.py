@@ -18,7 +18,12 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from collector.buffer import append_locked
-from collector.lineprotocol import InvalidPointError, drop_nonfinite, encode_point, line_time_ms
+from collector.lineprotocol import (
+    InvalidPointError,
+    drop_nonfinite,
+    encode_counting,
+    line_time_ms,
+)
 from collector.schema import Point
 from collector.sinks import AuthWriteError, RejectedWriteError, Sink, WriteError
 
@@ -61,6 +66,11 @@ class Buffer(Protocol):
         """Seconds between `sync` calls; 0 when the buffer needs none from outside."""
         ...
 
+    @property
+    def needs_sync(self) -> bool:
+        """Whether `sync` has anything to make durable."""
+        ...
+
     def sync(self) -> None:
         """Make what was put durable; called from a thread, so it must be thread-safe."""
         ...
@@ -74,6 +84,7 @@ class MemoryBuffer:
     corrupt_lines = 0
     when_full = "drop_oldest"
     fsync_interval = 0.0  # nothing to make durable
+    needs_sync = False
 
     def __repr__(self) -> str:
         return f"the delivery buffer ({self.max_points} lines in memory)"
@@ -236,15 +247,16 @@ class Delivery:
             raise RuntimeError("Delivery is closed: submit() after close() would lose points")
         lines: list[str] = []
         for point in points:
-            kept, nonfinite = drop_nonfinite(point)
-            if nonfinite:
-                self._nonfinite += nonfinite
-                if not kept.fields:
-                    continue
             try:
-                lines.append(encode_point(kept))
+                line, nonfinite = encode_counting(point)
             except InvalidPointError as exc:
+                kept, nonfinite = drop_nonfinite(point)
+                self._nonfinite += nonfinite
                 self._keep_refused([("point", repr(kept), exc.reason)], str(exc))
+                continue
+            self._nonfinite += nonfinite
+            if line is not None:
+                lines.append(line)
         try:
             dropped = self._buffer.put(lines)
         except OSError as exc:
@@ -349,6 +361,8 @@ class Delivery:
         # loop, polling the machines, must not wait for.
         while True:
             await asyncio.sleep(self._buffer.fsync_interval)
+            if not self._buffer.needs_sync:
+                continue  # nothing put since: no thread to wake
             try:
                 await asyncio.to_thread(self._buffer.sync)
             except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable
+from typing import cast
 
 from collector.schema import FieldValue, Point
 
@@ -17,6 +18,7 @@ __all__ = [
     "decode_line",
     "drop_nonfinite",
     "encode_batch",
+    "encode_counting",
     "encode_point",
     "line_measurement",
     "line_time_ms",
@@ -28,13 +30,18 @@ _MEASUREMENT_SPECIAL = ", "  # comma and space
 _NAME_SPECIAL = ", ="  # tag keys, tag values and field keys
 
 
-# Field keys are the config's signal names, a bounded set met in every point: a dict lookup is
-# the cheapest way past escaping them each time.
+# Field keys, escaped and with their "=", by the config's signal names (a bounded set met in
+# every point): a dict lookup is the cheapest way past escaping them each time.
 _FIELD_KEYS: dict[str, str] = {}
 # A line's measurement and tags, escaped, by (measurement, tags as given): the same few recur in
 # every point of a machine. Past the bound, the rest are escaped point by point.
 _MAX_PREFIXES = 4096
 _PREFIXES: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+# The fields of points made of ints and floats only, as a %-template ("count=%di,temp=%r") by
+# their keys, with the types it was made for: the readings of a machine repeat the same keys
+# every poll, and one `%` formats them all at C speed (half the time of the loop over fields).
+_MAX_TEMPLATES = 4096
+_TEMPLATES: dict[tuple[str, ...], tuple[tuple[type, ...], str, bool, bool]] = {}
 
 
 class InvalidPointError(ValueError):
@@ -63,38 +70,95 @@ def drop_nonfinite(point: Point) -> tuple[Point, int]:
 def encode_point(point: Point) -> str:
     """One line, without its newline. Non-finite float fields are left out; tags sorted by key,
     empty tag values omitted. Raises `InvalidPointError` if the point cannot be written."""
+    line, _ = encode_counting(point)
+    if line is None:
+        raise InvalidPointError(point, "no field left to store (NaN and ±inf cannot be stored)")
+    return line
+
+
+def encode_counting(point: Point) -> tuple[str | None, int]:
+    """`encode_point` in one pass that also counts the non-finite fields it left out: the line
+    is None when they were all its fields (nothing to store, nothing wrong with the point)."""
     tags = (point.measurement, tuple(point.tags.items()))
     prefix = _PREFIXES.get(tags)
     if prefix is None:
         prefix = _prefix(point)
         if len(_PREFIXES) < _MAX_PREFIXES:
             _PREFIXES[tags] = prefix
-    fields = []
-    isfinite = math.isfinite
-    for key, value in point.fields.items():
-        kind = type(value)  # exact types first: this loop runs for every value collected
-        if kind is float:
-            if not isfinite(value):  # type: ignore[arg-type]
-                continue
-            text = repr(value)
-        elif kind is int and _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
-            text = f"{value}i"
-        else:
-            if _nonfinite(value):
-                continue
-            text = _value(point, value)
-        escaped = _FIELD_KEYS.get(key)
-        if escaped is None:
-            if key == "":
-                raise InvalidPointError(point, "a field key is empty")
-            escaped = _FIELD_KEYS[key] = _escape(point, "field key", key, _NAME_SPECIAL)
-        fields.append(f"{escaped}={text}")
-    if not fields:
-        raise InvalidPointError(point, "no field left to store (NaN and ±inf cannot be stored)")
     time_ms = point.time_ms
     if type(time_ms) is not int and (isinstance(time_ms, bool) or not isinstance(time_ms, int)):
         raise InvalidPointError(point, f"time_ms must be an integer, not {time_ms!r}")
-    return f"{prefix} {','.join(fields)} {time_ms}"
+    text = _fields_by_template(point)
+    if text is not None:
+        return f"{prefix} {text} {time_ms}", 0
+    fields = []
+    left_out = 0
+    isfinite = math.isfinite
+    keys = _FIELD_KEYS
+    for key, value in point.fields.items():
+        kind = type(value)  # exact types first: this loop runs for every value collected
+        if kind is int and _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
+            text = f"{value}i"
+        elif kind is float:
+            if not isfinite(value):  # type: ignore[arg-type]
+                left_out += 1
+                continue
+            text = repr(value)
+        else:
+            if _nonfinite(value):
+                left_out += 1
+                continue
+            text = _value(point, value)
+        escaped = keys.get(key)
+        if escaped is None:
+            if key == "":
+                raise InvalidPointError(point, "a field key is empty")
+            escaped = keys[key] = _escape(point, "field key", key, _NAME_SPECIAL) + "="
+        fields.append(escaped + text)
+    if not fields:
+        if left_out:
+            return None, left_out
+        raise InvalidPointError(point, "no field left to store (NaN and ±inf cannot be stored)")
+    return f"{prefix} {','.join(fields)} {time_ms}", left_out
+
+
+def _fields_by_template(point: Point) -> str | None:
+    """The fields' text in one C call, for a point of only finite floats and 64-bit ints whose
+    keys and types were met before (a machine's readings, every poll); None for any other."""
+    fields = point.fields
+    keys = tuple(fields)
+    # Only ints and floats get past the types check below.
+    values = cast("tuple[float, ...]", tuple(fields.values()))
+    types = tuple(map(type, values))
+    known = _TEMPLATES.get(keys)
+    if known is None or known[0] != types:
+        known = _template(point, keys, types)
+        if known is None:
+            return None
+        if len(_TEMPLATES) < _MAX_TEMPLATES or keys in _TEMPLATES:
+            _TEMPLATES[keys] = known
+    _, template, floats, ints = known
+    if floats and not all(map(math.isfinite, values)):
+        return None  # the slow path leaves the NaN out and counts it
+    if ints and not (min(values) >= _INT64_MIN and max(values) <= _INT64_MAX):
+        return None  # the slow path names the integer that does not fit
+    return template % values
+
+
+def _template(
+    point: Point, keys: tuple[str, ...], types: tuple[type, ...]
+) -> tuple[tuple[type, ...], str, bool, bool] | None:
+    if not keys or not set(types) <= {int, float} or "" in keys:
+        return None
+    try:
+        escaped = [_escape(point, "field key", key, _NAME_SPECIAL) for key in keys]
+    except InvalidPointError:
+        return None  # the slow path raises it
+    parts = [
+        key.replace("%", "%%") + ("=%di" if kind is int else "=%r")
+        for key, kind in zip(escaped, types, strict=True)
+    ]
+    return types, ",".join(parts), float in types, int in types
 
 
 def _prefix(point: Point) -> str:

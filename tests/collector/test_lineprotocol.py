@@ -15,6 +15,7 @@ from collector.lineprotocol import (
     decode_line,
     drop_nonfinite,
     encode_batch,
+    encode_counting,
     encode_point,
     line_measurement,
     line_time_ms,
@@ -75,6 +76,12 @@ def test_nonfinite_fields_are_left_out_and_counted() -> None:
     assert encode_point(point) == "m b=1.0 1"
     finite = Point("m", {}, {"a": 1.0}, 1)
     assert drop_nonfinite(finite) == (finite, 0)
+    assert encode_counting(point) == ("m b=1.0 1", 3)
+    assert encode_counting(finite) == ("m a=1.0 1", 0)
+    # Nothing left but nothing wrong either: no line, and the count says why.
+    assert encode_counting(Point("m", {}, {"a": math.nan, "b": math.inf}, 1)) == (None, 2)
+    with pytest.raises(InvalidPointError, match="no field left"):
+        encode_counting(Point("m", {}, {}, 1))
 
 
 @pytest.mark.parametrize(
@@ -211,3 +218,44 @@ def test_decoding_a_line_gives_back_the_point(
 def test_what_is_not_a_line_is_refused_by_name(line: str) -> None:
     with pytest.raises(ValueError, match="not a line of line protocol"):
         decode_line(line)
+
+
+_numbers = st.one_of(
+    st.integers(min_value=-(2**64), max_value=2**64),  # past int64 too: refused, not mangled
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@given(
+    keys=st.lists(_names, min_size=1, max_size=6, unique=True),
+    rounds=st.lists(st.lists(_numbers, min_size=6, max_size=6), min_size=1, max_size=4),
+)
+def test_numbers_encode_alike_whether_their_keys_were_met_before_or_not(
+    keys: list[str], rounds: list[list[float]]
+) -> None:
+    # The same keys again and again, as a machine's readings: the first point of a shape, the
+    # ones after it (a template, when only ints and floats), and a change of a field's type.
+    for numbers in rounds:
+        fields: dict[str, FieldValue] = dict(zip(keys, numbers, strict=False))
+        point = Point("m", {}, fields, 1)
+        expected = []
+        for key, value in fields.items():
+            name = key.replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+            if isinstance(value, float):
+                if math.isfinite(value):
+                    expected.append(f"{name}={value!r}")
+            elif -(2**63) <= value < 2**63:
+                expected.append(f"{name}={value}i")
+            else:
+                with pytest.raises(InvalidPointError, match="does not fit in 64 bits"):
+                    encode_counting(point)
+                break
+        else:
+            left_out = len(fields) - len(expected)
+            line = f"m {','.join(expected)} 1" if expected else None
+            assert encode_counting(point) == (line, left_out)
+
+
+def test_a_percent_sign_in_a_field_key_is_not_a_format() -> None:
+    for _ in range(2):
+        assert encode_point(Point("m", {}, {"%d": 1, "a%%": 2.5}, 1)) == "m %d=1i,a%%=2.5 1"
