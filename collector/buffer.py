@@ -654,6 +654,12 @@ class DiskBuffer:
 
     # -- durability --------------------------------------------------------------------------------
 
+    @property
+    def needs_sync(self) -> bool:
+        """Whether a `sync` has anything to do (read without the lock: a put racing with it is
+        seen at the next sync)."""
+        return self._unsynced or bool(self._retired) or self._directory_unsynced
+
     def sync(self) -> None:
         """fsync what was put since the last sync. Safe to call from another thread (the
         delivery does, every `fsync_interval`, so a slow SD card never stalls the polling):

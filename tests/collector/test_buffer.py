@@ -881,3 +881,22 @@ class FullBufferMachine(BufferMachine):
 
 TestFullBufferMachine = FullBufferMachine.TestCase
 TestFullBufferMachine.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+
+
+def test_a_sync_is_needed_only_after_something_was_put(
+    tmp_path: Path, buffers: list[DiskBuffer]
+) -> None:
+    buffer = open_buffer(tmp_path / "b")
+    buffers.append(buffer)
+    assert buffer.needs_sync  # its first segment's name, new in the directory
+    buffer.sync()
+    assert not buffer.needs_sync  # the delivery wakes no thread for an idle buffer
+    buffer.put(["m v=1i 1"])
+    assert buffer.needs_sync
+    buffer.sync()
+    assert not buffer.needs_sync
+    buffer.put(["m v=2i 2" + "x" * SEGMENT])  # past a segment: a new file, its name synced too
+    buffer.put(["m v=3i 3"])
+    assert buffer.needs_sync
+    buffer.sync()
+    assert not buffer.needs_sync
