@@ -118,8 +118,9 @@ async def test_states_stops_and_minutes_agree_in_influxdb(
     assert sorted({m["machine"] for m in minutes}) == tracked
     for minute in minutes:
         assert sum(minute[f"{s}_s"] for s in STATES) == pytest.approx(60.0)
-        # Readings are stamped by the collector's clock: the shift is the one in force now.
-        assert minute["shift"] == shifts.shift_at(minute["time"])
+        # Readings are stamped by the collector's clock: the shift is the one in force now (no
+        # shift tag at all between shifts, when the test runs at night in the plant's zone).
+        assert minute.get("shift") == shifts.shift_at(minute["time"])
 
     # What InfluxDB holds is what the collector computed, point for point.
     written = {
