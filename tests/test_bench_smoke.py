@@ -27,6 +27,7 @@ def test_the_modbus_benchmark_runs_and_reports_numbers_for_each_contender(
         "--seconds", "3",
         "--warmup", "4",
         "--contenders", "plain loop,aguante",
+        "--rounds", "2",
         "--output", str(report),
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
@@ -34,5 +35,7 @@ def test_the_modbus_benchmark_runs_and_reports_numbers_for_each_contender(
     text = report.read_text()
     row = next(line for line in text.splitlines() if "CPU s per 1,000 values stored" in line)
     assert len(re.findall(r"\*\*\d+\.\d+\*\*", row)) == 2, row
+    each = next(line for line in text.splitlines() if "of each round" in line)
+    assert len(re.findall(r"\d+\.\d+ / \d+\.\d+", each)) == 2, each  # two rounds each
     requests = next(line for line in text.splitlines() if "Modbus requests per poll" in line)
     assert re.findall(r"\| (\d+\.\d+)", requests) == ["1.00", "1.00"], requests
