@@ -758,7 +758,9 @@ IMPORT_STAGES = (
     ("the interpreter", ""),
     ("+ asyncio and the standard library it brings", "import asyncio"),
     ("+ PyYAML, pydantic", "import yaml, pydantic"),
-    ("+ httpx (and its CLI's click + rich, where installed)", "import httpx"),
+    # `collector` first, as every aguante module: it keeps httpx's own command line (click,
+    # rich, pygments, where installed) out.
+    ("+ httpx (without its command line, as aguante imports it)", "import collector, httpx"),
     ("+ pymodbus, pyserial, paho-mqtt, protobuf", "import pymodbus.client, paho.mqtt.client"),
     ("+ collector.config (the factory file's models)", "import collector.config"),
     (
