@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests and the demo need: command to look for = package that brings it.
-DEBS   := influxd=influxdb mosquitto=mosquitto openssl=openssl chromium=chromium
+DEBS   := influxd=influxdb mosquitto=mosquitto openssl=openssl chromium=chromium pdftoppm=poppler-utils
 
 .PHONY: demo test lint typecheck unit bench soak dashboards system-deps venv clean
 

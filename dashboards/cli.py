@@ -268,7 +268,7 @@ def format_number(value: float, decimals: int, language: Language) -> str:
     return text.translate(str.maketrans(",.", thousands + decimal))
 
 
-def format_percent(ratio: float | None, language: Language) -> str:
+def format_percent(ratio: float | None, language: Language, decimals: int = 1) -> str:
     if ratio is None:
         return _NONE
-    return format_number(ratio * 100, 1, language) + _PERCENT[language]
+    return format_number(ratio * 100, decimals, language) + _PERCENT[language]

@@ -44,6 +44,8 @@ COMMANDS = [
     "maintenance",
     "db",
     "dashboards",
+    "report",
+    "decision",
 ]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 from zoneinfo import ZoneInfo
 
-from collector.config import Config, Machine
+from collector.config import Config, Language, Machine
 from collector.influxql import InfluxQL, QueryError
 from collector.schema import Point
 from collector.shifts import ShiftCalendar
@@ -27,6 +27,8 @@ from collector.stops import (
     list_stops,
     parse_stop_id,
 )
+from dashboards.decisions import Decision, InvalidDecision, check_decision, record_decision
+from dashboards.report import Period, gather, render_html
 from maintenance.model import Ticket, TicketEvent
 from maintenance.status import failure_rules, reliability_figures
 from maintenance.store import InvalidEntry, TicketNotFound, TicketStore, TransitionRefused
@@ -294,6 +296,40 @@ class Web:
             return await asyncio.to_thread(query)
         except QueryError as exc:
             raise Refusal(502, f"stops not read: {exc}", "web.error.influx") from exc
+
+    # -- the assembly's report
+
+    async def report(self, month: dt.date, language: Language) -> str:
+        """The report of one calendar month (compared with the month before), as a page."""
+        following = (month.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+        period = Period(month.replace(day=1), following - dt.timedelta(days=1))
+        moment = dt.datetime.fromtimestamp(self.now_ms() / 1000, dt.UTC)
+
+        def build() -> str:
+            with self.db_factory() as db:
+                report = gather(db, self.config, period, now=moment)
+            return render_html(report, self.config, language)
+
+        try:
+            return await asyncio.to_thread(build)
+        except QueryError as exc:
+            raise Refusal(502, f"report not made: {exc}", "web.error.influx") from exc
+
+    async def record_decision(
+        self, who: Principal, day: dt.date, text: str, sector: str
+    ) -> Decision:
+        """Anyone logged in records a decision of the assembly (the assembly is everyone)."""
+        try:
+            check_decision(self.config, text, sector)
+        except InvalidDecision as exc:
+            raise Refusal(422, str(exc), "web.error.bad_decision") from exc
+        try:
+            with self.db_factory() as db:
+                return await record_decision(db, self.sink, self.config, day, text, sector)
+        except InvalidDecision as exc:
+            raise Refusal(422, str(exc), "web.error.bad_decision") from exc
+        except (QueryError, WriteError) as exc:
+            raise Refusal(502, f"decision not saved: {exc}", "web.error.influx") from exc
 
     async def give_reason(self, who: Principal, stop_id: str, reason: str) -> Stop:
         """Any worker tags a stop; a crew member only those of its own sectors."""

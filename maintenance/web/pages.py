@@ -361,6 +361,83 @@ async def stops_page(
     return await _stops_page(request, visit, sector, _hours(hours))
 
 
+# -- the assembly's report
+
+
+def _report_form(
+    request: Request,
+    visit: Visit,
+    month: str | None,
+    *,
+    error: str | None = None,
+    done: str | None = None,
+    values: dict[str, str] | None = None,
+    status: int | None = None,
+) -> HTMLResponse:
+    web = visit.web
+    today = dt.datetime.fromtimestamp(web.now_ms() / 1000, web.zone).date()
+    last = (today.replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
+    sectors = [(s.id, s.name or s.id) for s in web.config.sectors]
+    code = status if status is not None else (400 if error else 200)
+    return _render(
+        request,
+        visit,
+        "report.html",
+        code,
+        month=month if month and _month(month) else last,
+        latest=today.strftime("%Y-%m"),
+        today=today.isoformat(),
+        sectors=sectors,
+        values=values or {},
+        error=error,
+        done=done,
+    )
+
+
+@router.post("/decisions")
+async def record_decision(request: Request) -> Response:
+    visit = _visit(request)
+    fields = await _checked_form(request, visit)
+    if visit.who is None:
+        return _to_login(request)
+    values = {k: fields.get(k, "").strip() for k in ("date", "sector", "text")}
+    try:
+        day = _reject_day(values["date"])
+        recorded = await visit.web.record_decision(visit.who, day, values["text"], values["sector"])
+    except Refusal as exc:
+        message = visit.t(exc.key, **exc.values)
+        return _report_form(request, visit, None, error=message, values=values, status=exc.status)
+    shown = quote(format_day(recorded.day, visit.language))
+    return RedirectResponse(f"/report?recorded={shown}", 303)
+
+
+def _month(text: str | None) -> dt.date | None:
+    """The first day of a month written YYYY-MM (what a month input sends), else None."""
+    try:
+        year, month = (int(part) for part in (text or "").split("-"))
+        return dt.date(year, month, 1)
+    except ValueError:
+        return None
+
+
+@router.get("/report", response_class=HTMLResponse)
+async def report_page(request: Request, month: str | None = None) -> Response:
+    visit = _visit(request)
+    if not _may_read(visit):
+        return _to_login(request)
+    chosen = _month(month)
+    if chosen is None:
+        error = visit.t("web.report.bad_month") if month else None
+        done = None
+        if request.query_params.get("recorded"):
+            done = visit.t("web.decision.recorded", day=request.query_params["recorded"])
+        return _report_form(request, visit, month, error=error, done=done)
+    page = await visit.web.report(chosen, visit.language)
+    response = HTMLResponse(page)
+    _set_cookies(request, response, visit)
+    return response
+
+
 @router.post("/stops/reason")
 async def stop_reason(request: Request) -> Response:
     visit = _visit(request)
