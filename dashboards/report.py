@@ -104,6 +104,7 @@ class Figures:
     sectors: dict[str, Totals]
     machines: dict[str, Totals]
     losses: Losses
+    stops: dict[str, tuple[int, float]]  # machine → (stops, planned seconds lost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,12 +161,17 @@ def gather(
         start_ms = round(plant[0].start.timestamp() * 1000)
         end_ms = round(plant[0].end.timestamp() * 1000)
         stops = list_stops(db, config, start_ms, end_ms)
+        per_machine: dict[str, tuple[int, float]] = {}
+        for stop in stops:
+            count, lost = per_machine.get(stop.machine, (0, 0.0))
+            per_machine[stop.machine] = (count + 1, lost + stop.lost_s)
         return Figures(
             span,
             plant[0].totals,
             {row.label: row.totals for row in sectors},
             {row.label: row.totals for row in machines},
             losses_by_reason(stops, config),
+            per_machine,
         )
 
     def trend(span: Period) -> Trend:
@@ -272,6 +278,8 @@ def render_html(report: Report, config: Config, language: Language) -> str:
                 "time_based": totals.capacity_use_basis == "time",
                 "running_h": hours(totals.running_s),
                 "down_h": hours(totals.down_s),
+                "stops": current.stops.get(machine.id, (0, 0.0))[0],
+                "lost_h": hours(current.stops.get(machine.id, (0, 0.0))[1]),
                 "spark": Markup(
                     sparkline(
                         report.trend.machines.get(machine.id, []),

@@ -214,6 +214,10 @@ async def test_every_figure_equals_what_kpi_and_stops_compute(
             for name in ("capacity_use", "availability", "performance", "quality", "oee")
         ]
         assert shown == expected, machine
+        # Its stops and the planned time they cost (micro-stops left out, as in the losses).
+        mine = [st for st in STOPS if st[0] == machine and START <= dt.date(*st[1][:3]) <= END]
+        lost = f"{sum(st[3] for st in mine) / 60:.1f}"
+        assert cells[9:11] == [str(len(mine)), lost if language == "en" else lost.replace(".", ",")]
 
     # Losses: what `aguante stops --json` sums for the same local days, by category.
     assert main(["stops", str(plant_file), *args, "--json"]) == 0
