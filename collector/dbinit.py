@@ -48,8 +48,9 @@ Status = Literal["created", "present", "note"]
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One thing `init_database` saw to: its message key (in `collector/locales/db.json`) and
-    values, and whether it was made now, was there already, or is a note (nothing asked)."""
+    """One thing `init_database` saw to: its message key (the `db` catalogues of
+    collector/locales/) and values, and whether it was made now, was there already, or is a note
+    (nothing asked)."""
 
     key: str
     status: Status

@@ -1,41 +1,62 @@
 """Every text a person reads — tables, tickets, reports, dashboard titles — in es, pt-BR or en.
 
-Catalogs are JSON files `collector/locales/<domain>.json`, one per part of the product (so each
-part owns its file), mapping a message key to its text per language:
-`{"kpi.availability": {"es": "Disponibilidad", "pt-BR": "Disponibilidade", "en": "Availability"}}`.
-Texts are `str.format` templates; a test checks every key has all three languages and the same
-placeholders in each.
+The texts are gettext catalogues, one domain per part of the product (so each part owns its
+files): `collector/locales/<domain>.pot` lists the messages, and
+`collector/locales/<lang>/LC_MESSAGES/<domain>.po` (`es`, `pt_BR`, `en`) says each in a language.
+A message's id is its key, "domain.name" (`kpi.availability`), and its text a `str.format`
+template (flagged `python-brace-format`); each .po file carries the English text as a comment
+for translators. Babel reads the .po files as they are (no compiled .mo to keep in step), any
+gettext tool (Poedit, Weblate, msgfmt --check) edits and checks them, and a test fails when a
+message lacks a translation or its placeholders differ between languages.
 """
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from collector.config import LANGUAGES, Language
 
-__all__ = ["LANGUAGES", "Language", "MissingText", "catalog", "domains", "translate"]
+__all__ = [
+    "LANGUAGES",
+    "Language",
+    "MissingText",
+    "catalog",
+    "domains",
+    "gettext_locale",
+    "translate",
+]
 
 
 class MissingText(KeyError):
     """A message key no catalog holds: a bug, caught by the catalog tests."""
 
 
+def gettext_locale(language: Language) -> str:
+    """The folder of a language's catalogues: gettext writes pt-BR as pt_BR."""
+    return language.replace("-", "_")
+
+
 @cache
 def catalog(domain: str) -> dict[str, dict[str, str]]:
-    """The messages of one domain (the file `locales/<domain>.json`)."""
-    text = resources.files("collector").joinpath("locales", f"{domain}.json").read_text("utf-8")
-    messages: dict[str, dict[str, str]] = json.loads(text)
+    """The messages of one domain: key → language → text (empty texts left out)."""
+    from babel.messages.pofile import read_po  # here: `aguante collect` never needs it
+
+    root = resources.files("collector").joinpath("locales")
+    messages: dict[str, dict[str, str]] = {}
+    for language in LANGUAGES:
+        path = root.joinpath(gettext_locale(language), "LC_MESSAGES", f"{domain}.po")
+        with path.open("rb") as file:
+            for message in read_po(file, locale=gettext_locale(language)):
+                if message.id and isinstance(message.id, str) and message.string:
+                    messages.setdefault(message.id, {})[language] = str(message.string)
     return messages
 
 
 def domains() -> list[str]:
     folder = resources.files("collector").joinpath("locales")
-    return sorted(
-        p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json")
-    )
+    return sorted(p.name.removesuffix(".pot") for p in folder.iterdir() if p.name.endswith(".pot"))
 
 
 def translate(language: Language, key: str, /, **values: Any) -> str:
