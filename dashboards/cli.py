@@ -19,11 +19,13 @@ from dashboards.kpi import Totals
 from dashboards.kpi_query import GROUPINGS, Grouping, KpiRow, SelectionError, kpis, select_machines
 
 __all__ = [
+    "add_period_arguments",
     "format_number",
     "format_percent",
     "kpi_command",
     "kpi_json",
     "kpi_table",
+    "parse_date",
     "register_kpi",
 ]
 
@@ -63,12 +65,7 @@ def register_kpi(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         "included: the whole day), from the utilization rollup in InfluxDB.",
     )
     parser.add_argument("config", type=Path, help="the factory YAML file")
-    parser.add_argument(
-        "--from", dest="start", type=_date, required=True, metavar="DATE", help="YYYY-MM-DD"
-    )
-    parser.add_argument(
-        "--to", dest="end", type=_date, required=True, metavar="DATE", help="YYYY-MM-DD, included"
-    )
+    add_period_arguments(parser)
     parser.add_argument(
         "--machine",
         dest="machines",
@@ -85,7 +82,27 @@ def register_kpi(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     parser.set_defaults(func=kpi_command)
 
 
-def _date(text: str) -> dt.date:
+def add_period_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """--from and --to, local plant dates, --to included (kpi, report, decision --list)."""
+    parser.add_argument(
+        "--from",
+        dest="start",
+        type=parse_date,
+        required=required,
+        metavar="DATE",
+        help="YYYY-MM-DD",
+    )
+    parser.add_argument(
+        "--to",
+        dest="end",
+        type=parse_date,
+        required=required,
+        metavar="DATE",
+        help="YYYY-MM-DD, included",
+    )
+
+
+def parse_date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:

@@ -18,6 +18,7 @@ from collector.i18n import translate
 from collector.influxql import InfluxQL, QueryError
 from collector.sinks import WriteError
 from collector.sinks.influxdb import InfluxDBSink
+from dashboards.cli import add_period_arguments, parse_date
 from dashboards.decisions import (
     Decision,
     InvalidDecision,
@@ -53,12 +54,7 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "included), compared with the period before, as HTML or PDF.",
     )
     parser.add_argument("config", type=Path, help="the factory YAML file")
-    parser.add_argument(
-        "--from", dest="start", type=_date, required=True, metavar="DATE", help="YYYY-MM-DD"
-    )
-    parser.add_argument(
-        "--to", dest="end", type=_date, required=True, metavar="DATE", help="YYYY-MM-DD, included"
-    )
+    add_period_arguments(parser)
     parser.add_argument(
         "--compare",
         choices=("previous", "none"),
@@ -81,11 +77,12 @@ def register_decision(subparsers: argparse._SubParsersAction) -> None:  # type: 
     )
     parser.add_argument("config", type=Path, help="the factory YAML file")
     parser.add_argument("text", nargs="?", help='what was decided, e.g. "2nd shift approved"')
-    parser.add_argument("--date", type=_date, metavar="DATE", help="YYYY-MM-DD (default: today)")
+    parser.add_argument(
+        "--date", type=parse_date, metavar="DATE", help="YYYY-MM-DD (default: today)"
+    )
     parser.add_argument("--sector", default="", metavar="ID", help="the sector it concerns")
     parser.add_argument("--list", action="store_true", help="list the decisions instead")
-    parser.add_argument("--from", dest="start", type=_date, metavar="DATE", help="with --list")
-    parser.add_argument("--to", dest="end", type=_date, metavar="DATE", help="with --list")
+    add_period_arguments(parser, required=False)  # with --list
     parser.set_defaults(func=decision_command)
 
 
@@ -134,13 +131,6 @@ def decision_command(args: argparse.Namespace) -> int:
 async def _record(db: InfluxQL, config: Config, day: dt.date, text: str, sector: str) -> Decision:
     async with InfluxDBSink.from_config(config.influxdb) as sink:
         return await record_decision(db, sink, config, day, text, sector)
-
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date: write YYYY-MM-DD") from None
 
 
 def report_command(args: argparse.Namespace) -> int:
