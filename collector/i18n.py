@@ -49,7 +49,13 @@ def catalog(domain: str) -> dict[str, dict[str, str]]:
         path = root.joinpath(gettext_locale(language), "LC_MESSAGES", f"{domain}.po")
         with path.open("rb") as file:
             for message in read_po(file, locale=gettext_locale(language)):
-                if message.id and isinstance(message.id, str) and message.string:
+                # A fuzzy entry is a guess gettext tools do not use: as good as missing.
+                if (
+                    message.id
+                    and isinstance(message.id, str)
+                    and message.string
+                    and not message.fuzzy
+                ):
                     messages.setdefault(message.id, {})[language] = str(message.string)
     return messages
 
@@ -66,5 +72,7 @@ def translate(language: Language, key: str, /, **values: Any) -> str:
         texts = catalog(domain)[key]
     except (KeyError, FileNotFoundError):
         raise MissingText(key) from None
-    text = texts.get(language) or texts["en"]
+    text = texts.get(language) or texts.get("en")
+    if text is None:
+        raise MissingText(key)
     return text.format(**values) if values else text

@@ -138,10 +138,11 @@ def _fields_by_template(point: Point) -> str | None:
         if len(_TEMPLATES) < _MAX_TEMPLATES or keys in _TEMPLATES:
             _TEMPLATES[keys] = known
     _, template, floats, ints = known
-    if floats and not all(map(math.isfinite, values)):
-        return None  # the slow path leaves the NaN out and counts it
+    # Ints first: isfinite() of an int past a float's range raises OverflowError.
     if ints and not (min(values) >= _INT64_MIN and max(values) <= _INT64_MAX):
         return None  # the slow path names the integer that does not fit
+    if floats and not all(map(math.isfinite, values)):
+        return None  # the slow path leaves the NaN out and counts it
     return template % values
 
 

@@ -187,8 +187,12 @@ def gather(
         machines = {m: uses(machines=[m])[1] for m in current.machines}
         return Trend(step, starts, plant, sectors, machines)
 
+    today = moment.astimezone(ZoneInfo(config.timezone)).date()
+
     def effect(decision: Decision) -> Effect:
-        days = min(EFFECT_DAYS_MAX, (period.end - decision.day).days + 1)
+        # Days after it that have happened (a report of the month under way), at least its own.
+        last = min(period.end, today)
+        days = max(1, min(EFFECT_DAYS_MAX, (last - decision.day).days + 1))
         day, span = decision.day, dt.timedelta(days=days)
         sector = decision.sector or None
         try:

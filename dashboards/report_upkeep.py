@@ -3,8 +3,9 @@ to InfluxDB (docs/schema.md): the `ticket` events, and the `rule_status` snapsho
 each machine.
 
 - tickets opened (or reopened) and resolved in the period;
-- MTTR: from a ticket's last opening to its resolution, over the repairs that ended in the period
-  (an opening up to LOOKBACK_DAYS before the period is found);
+- MTTR: from a ticket's last opening to its resolution, over the repairs of failures (every rule
+  but the meters, as the maintenance service counts them) that ended in the period (an opening up
+  to LOOKBACK_DAYS before the period is found);
 - preventive work: tickets of the plant's meter rules (run hours, cycles, days) resolved in the
   period, and the meters due (or most advanced) at the period's end;
 - the machines drifting from their baseline at the period's end (drift rules firing).
@@ -85,7 +86,9 @@ def upkeep(db: InfluxQL, config: Config, start_ms: int, end_ms: int) -> Upkeep:
                 if within:
                     resolved += 1
                     preventive += rule in meter_rules
-                    if since is not None:
+                    # A repair is a failure's: planned service (the meters) is not one, as for
+                    # the maintenance service's own MTTR (maintenance/status.py).
+                    if since is not None and rule not in meter_rules:
                         repair_s.append((at - since) / 1000)
                 since = None
     due = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 from zoneinfo import ZoneInfo
@@ -165,6 +165,9 @@ class Web:
     limiter: LoginLimiter
     clock: Callable[[], float]
     zone: ZoneInfo
+    # One decision recorded at a time: each takes the next free millisecond of its day, read
+    # from InfluxDB, and two at once would take the same one (the second overwriting the first).
+    decisions_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def now_ms(self) -> int:
         return round(self.clock() * 1000)
@@ -324,8 +327,9 @@ class Web:
         except InvalidDecision as exc:
             raise Refusal(422, str(exc), "web.error.bad_decision") from exc
         try:
-            with self.db_factory() as db:
-                return await record_decision(db, self.sink, self.config, day, text, sector)
+            async with self.decisions_lock:
+                with self.db_factory() as db:
+                    return await record_decision(db, self.sink, self.config, day, text, sector)
         except InvalidDecision as exc:
             raise Refusal(422, str(exc), "web.error.bad_decision") from exc
         except (QueryError, WriteError) as exc:

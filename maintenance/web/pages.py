@@ -402,22 +402,34 @@ async def record_decision(request: Request) -> Response:
         return _to_login(request)
     values = {k: fields.get(k, "").strip() for k in ("date", "sector", "text")}
     try:
-        day = _reject_day(values["date"])
+        day = _decision_day(values["date"])
         recorded = await visit.web.record_decision(visit.who, day, values["text"], values["sector"])
     except Refusal as exc:
         message = visit.t(exc.key, **exc.values)
         return _report_form(request, visit, None, error=message, values=values, status=exc.status)
-    shown = quote(format_day(recorded.day, visit.language))
-    return RedirectResponse(f"/report?recorded={shown}", 303)
+    return RedirectResponse(f"/report?recorded={recorded.day.isoformat()}", 303)
+
+
+# Months and days the report and the decisions take: wide, but far from the calendar's ends
+# (a month around year 1 or 9999 has no month before or after it).
+FIRST_YEAR, LAST_YEAR = 1970, 2999
 
 
 def _month(text: str | None) -> dt.date | None:
     """The first day of a month written YYYY-MM (what a month input sends), else None."""
     try:
         year, month = (int(part) for part in (text or "").split("-"))
-        return dt.date(year, month, 1)
+        chosen = dt.date(year, month, 1)
     except ValueError:
         return None
+    return chosen if FIRST_YEAR <= year <= LAST_YEAR else None
+
+
+def _decision_day(text: str) -> dt.date:
+    day = _reject_day(text)
+    if not FIRST_YEAR <= day.year <= LAST_YEAR:
+        raise Refusal(422, f"not a day of the plant: {text!r}", "web.error.bad_date", day=text)
+    return day
 
 
 @router.get("/report", response_class=HTMLResponse)
@@ -429,8 +441,9 @@ async def report_page(request: Request, month: str | None = None) -> Response:
     if chosen is None:
         error = visit.t("web.report.bad_month") if month else None
         done = None
-        if request.query_params.get("recorded"):
-            done = visit.t("web.decision.recorded", day=request.query_params["recorded"])
+        with contextlib.suppress(ValueError):  # shown only for a day, written here
+            recorded = dt.date.fromisoformat(request.query_params.get("recorded", ""))
+            done = visit.t("web.decision.recorded", day=format_day(recorded, visit.language))
         return _report_form(request, visit, month, error=error, done=done)
     page = await visit.web.report(chosen, visit.language)
     response = HTMLResponse(page)

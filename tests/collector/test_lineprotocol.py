@@ -256,6 +256,13 @@ def test_numbers_encode_alike_whether_their_keys_were_met_before_or_not(
             assert encode_counting(point) == (line, left_out)
 
 
+def test_an_integer_past_a_floats_range_next_to_a_float_is_refused_not_a_crash() -> None:
+    for _ in range(2):  # the second time through the template of these keys and types
+        with pytest.raises(InvalidPointError, match="does not fit in 64 bits"):
+            encode_counting(Point("m", {}, {"a": 1.0, "b": 10**400}, 1))
+        assert encode_counting(Point("m", {}, {"a": 1.0, "b": 2}, 1)) == ("m a=1.0,b=2i 1", 0)
+
+
 def test_a_percent_sign_in_a_field_key_is_not_a_format() -> None:
     for _ in range(2):
         assert encode_point(Point("m", {}, {"%d": 1, "a%%": 2.5}, 1)) == "m %d=1i,a%%=2.5 1"

@@ -92,10 +92,16 @@ class FakeInfluxDB:
 
     stops: list[dict[str, Any]] = field(default_factory=list)
     queries: list[str] = field(default_factory=list)
+    decisions: list[tuple[int, str]] = field(default_factory=list)  # (UTC ms, text), plant-wide
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         query = dict(httpx.QueryParams(request.content.decode()))["q"]
         self.queries.append(query)
+        if 'FROM "decision"' in query:
+            values = [[at, text] for at, text in self.decisions]
+            series = [{"name": "decision", "tags": {"sector": ""}, "columns": ["time", "text"],
+                       "values": values}] if values else []  # fmt: skip
+            return httpx.Response(200, json={"results": [{"statement_id": 0, "series": series}]})
         if 'FROM "stop"' not in query:  # the sums of `utilization`: none stored here
             statements = query.count(";\n") + 1
             empty = [{"statement_id": n} for n in range(statements)]
@@ -1169,8 +1175,11 @@ def test_the_report_of_a_chosen_month(plant: Plant, client: TestClient) -> None:
     assert form.status_code == 200
     assert 'type="month" name="month" value="2026-10"' in form.text  # last month by default
     assert 'href="/report"' in form.text  # in the menu of every page
-    wrong = client.get("/report", params={"month": "2026-13"})
-    assert wrong.status_code == 400 and "Elija un mes" in wrong.text
+    for month in ("2026-13", "9999-12", "0001-01", "web.nav.report"):
+        wrong = client.get("/report", params={"month": month})
+        assert wrong.status_code == 400 and "Elija un mes" in wrong.text, month
+    # Only a day, written by the page itself, is said to have been recorded.
+    assert "registrada" not in client.get("/report", params={"recorded": "web.x"}).text
     report = client.get("/report", params={"month": "2026-11"})
     assert report.status_code == 200
     assert "coop: informe para la asamblea" in report.text
@@ -1180,6 +1189,16 @@ def test_the_report_of_a_chosen_month(plant: Plant, client: TestClient) -> None:
     row = re.search(r'data-category="unassigned">(.*?)</tr>', report.text, re.S)
     assert row is not None
     assert re.findall(r"<td>([^<]*)</td>", row[1])[:3] == ["Sin motivo asignado", "0,4", "—"]
+    # A decision of the 20th in the month under way (the 25th): six days after it have
+    # happened, and as many before it are compared.
+    at = round(dt.datetime(2026, 11, 20, tzinfo=ZONE).timestamp() * 1000)
+    plant.influx.decisions.append((at, "Segundo turno"))
+    decided = client.get("/report", params={"month": "2026-11"})
+    row = re.search(r'<tr class="decision">(.*?)</tr>', decided.text, re.S)
+    assert row is not None
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", row[1])[:4] == [
+        "20/11/2026", "Segundo turno", "coop", "6"
+    ]  # fmt: skip
     english = client.get("/report", params={"month": "2026-11", "lang": "en"})
     assert "coop: report for the assembly" in english.text
     assert "From 11/1/2026 to 11/30/2026" in english.text
@@ -1201,7 +1220,7 @@ def test_a_decision_is_recorded_from_the_report_page(plant: Plant, client: TestC
         },
     )
     assert answer.status_code == 303
-    assert answer.headers["location"] == "/report?recorded=10/11/2026"
+    assert answer.headers["location"] == "/report?recorded=2026-11-10"
     assert "Decisión registrada para el 10/11/2026." in client.get(answer.headers["location"]).text
     (point,) = [p for p in plant.sink.points if p.measurement == "decision"]
     assert point.tags == {"factory": "coop", "sector": "pressing"}
@@ -1212,6 +1231,7 @@ def test_a_decision_is_recorded_from_the_report_page(plant: Plant, client: TestC
         ({"date": "2026-11-10", "sector": "pressing", "text": " "}, 422),
         ({"date": "2026-11-10", "sector": "nowhere", "text": "x"}, 422),
         ({"date": "10/11/2026", "sector": "", "text": "x"}, 422),
+        ({"date": "9999-12-31", "sector": "", "text": "x"}, 422),
     ):
         refused = client.post("/decisions", data={"csrf": csrf_of(form.text), **data})
         assert refused.status_code == status, data
