@@ -182,9 +182,18 @@ def gather(
             rows = kpis(db, config, span.start, end, by=step, now=moment, **selection)
             return [r.start.date() for r in rows], [r.totals.capacity_use for r in rows]
 
-        starts, plant = uses()
+        rows = kpis(db, config, span.start, end, by=step, now=moment)
+        starts, plant = [r.start.date() for r in rows], [r.totals.capacity_use for r in rows]
         sectors = {s.id: uses(sector=s.id)[1] for s in config.sectors if s.id in current.sectors}
-        machines = {m: uses(machines=[m])[1] for m in current.machines}
+        ids = list(current.machines)
+        if len(ids) <= len(rows):
+            machines = {m: uses(machines=[m])[1] for m in ids}
+        else:  # more machines than steps: one request a step, every machine in it
+            machines = {m: [] for m in ids}
+            for row in rows:
+                each = kpis(db, config, row.start, row.end, by="machine", now=moment)
+                for machine_row in each:
+                    machines[machine_row.label].append(machine_row.totals.capacity_use)
         return Trend(step, starts, plant, sectors, machines)
 
     today = moment.astimezone(ZoneInfo(config.timezone)).date()

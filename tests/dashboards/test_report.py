@@ -18,10 +18,12 @@ import pytest
 import yaml
 
 from collector.cli import main
-from collector.config import ENV_OVERRIDES
+from collector.config import ENV_OVERRIDES, load_config
+from collector.influxql import InfluxQL
 from collector.schema import STOP, Point
 from dashboards.kpi import Totals
-from dashboards.report import Period, format_date, sentence
+from dashboards.kpi_query import kpis
+from dashboards.report import Period, format_date, gather, sentence
 from tests.conftest import InfluxDBDatabase
 from tests.dashboards.plant import (
     FACTORY,
@@ -406,3 +408,34 @@ def test_decisions_and_maintenance_in_the_report(
     assert meters == ["press-1/service"]  # press-2 at 50 % is not near
     assert "104.0%" in page and ">due<" in page
     assert re.findall(r'<ul id="drifting">\s*<li>(.*?)</li>', page) == ["lathe-1 (vibration)"]
+
+
+@pytest.mark.parametrize("days", [2, 6], ids=["more-machines-than-days", "more-days"])
+def test_each_machines_trend_equals_its_daily_kpis(
+    plant_file: Path, influxdb: InfluxDBDatabase, days: int
+) -> None:
+    # The sparklines are read a day at a time for every machine, or a machine at a time for
+    # every day, whichever takes fewer requests: both must give `kpis` per machine and day.
+    config = load_config(plant_file)
+    period = Period(START, START + dt.timedelta(days=days - 1))
+    now = dt.datetime(2026, 4, 1, tzinfo=dt.UTC)
+    with InfluxQL(influxdb.url, influxdb.database) as db:
+        trend = gather(db, config, period, compare=False, now=now).trend
+        expected = {
+            m.id: [
+                row.totals.capacity_use
+                for row in kpis(
+                    db,
+                    config,
+                    period.start,
+                    period.end + dt.timedelta(days=1),
+                    by="day",
+                    machines=[m.id],
+                    now=now,
+                )
+            ]
+            for m in config.machines
+        }
+    assert trend.machines == expected
+    assert len(trend.starts) == days
+    assert any(v is not None for values in expected.values() for v in values)
