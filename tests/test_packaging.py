@@ -77,3 +77,40 @@ def test_dockerfile_copies_what_exists() -> None:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), line
+
+
+def test_the_wheel_carries_every_file_the_code_reads(tmp_path: Path) -> None:
+    # The image installs the package (not the source tree): translations, page templates and
+    # scenarios must be in the wheel, or the report and every translated text fail there only.
+    import subprocess
+    import sys
+    import zipfile
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("aguante-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    # Every file of the packages but their code, less what serves Grafana's provisioning from
+    # the repository (docker-compose.yml mounts it; no aguante command reads it installed).
+    tracked = subprocess.run(
+        ["git", "ls-files", "collector", "dashboards", "maintenance", "simulators"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    ).stdout.split()
+    for_grafana = ("dashboards/grafana/", "dashboards/provisioning/")
+    wanted = {
+        name for name in tracked if not name.endswith(".py") and not name.startswith(for_grafana)
+    }
+    assert {
+        "dashboards/templates/report.html",
+        "collector/locales/es/LC_MESSAGES/report.po",
+    } <= wanted
+    assert wanted - shipped == set(), "add them to [tool.setuptools.package-data]"
