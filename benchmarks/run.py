@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -366,41 +366,33 @@ def stop_ready_process(process: subprocess.Popen[bytes]) -> None:
         process.stdout.close()
 
 
-class SimServer:
-    """benchmarks/sim_server.py serving a shape, in its own process and session."""
+class ReadyServer:
+    """A device server in a process and session of its own that says on stdout when it serves
+    (`wait_ready`), stopped by `stop_ready_process`: run.py's and scale_bench.py's simulators."""
 
-    def __init__(self, shape: Shape, workdir: Path) -> None:
-        self.shape = shape
-        self.control_port = free_port_block(shape.devices)
-        self.port_base = self.control_port + 1
-        self.ports = [self.port_base + n for n in range(shape.devices)]
-        self.log_path = workdir / f"sim-{shape.name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> SimServer:
-        registers = max(self.shape.addresses) + 1
-        with self.log_path.open("wb") as log:
+    def _start(
+        self,
+        command: list[str],
+        what: str,
+        log_path: Path,
+        preexec_fn: Callable[[], None],
+    ) -> None:
+        with log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(BENCH / "sim_server.py"),
-                    f"--devices={self.shape.devices}",
-                    f"--registers={registers}",
-                    f"--port-base={self.port_base}",
-                    f"--control-port={self.control_port}",
-                ],
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 start_new_session=True,  # Ctrl-C reaches the runner only, which stops it in order
-                preexec_fn=_die_with_parent,
+                preexec_fn=preexec_fn,
             )
         try:
-            wait_ready(self.process, "the simulators", self.log_path)
+            wait_ready(self.process, what, log_path)
         except BaseException:
             self.close()
             raise
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -414,6 +406,30 @@ class SimServer:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+
+class SimServer(ReadyServer):
+    """benchmarks/sim_server.py serving a shape, in its own process and session."""
+
+    def __init__(self, shape: Shape, workdir: Path) -> None:
+        self.shape = shape
+        self.control_port = free_port_block(shape.devices)
+        self.port_base = self.control_port + 1
+        self.ports = [self.port_base + n for n in range(shape.devices)]
+        self.log_path = workdir / f"sim-{shape.name}.log"
+
+    def __enter__(self) -> SimServer:
+        registers = max(self.shape.addresses) + 1
+        command = [
+            sys.executable,
+            str(BENCH / "sim_server.py"),
+            f"--devices={self.shape.devices}",
+            f"--registers={registers}",
+            f"--port-base={self.port_base}",
+            f"--control-port={self.control_port}",
+        ]
+        self._start(command, "the simulators", self.log_path, _die_with_parent)
+        return self
 
     def requests(self) -> int:
         """Modbus requests every device has received so far."""

@@ -52,6 +52,7 @@ if str(BENCH) not in sys.path:
 from run import (  # noqa: E402
     ROOT,
     Aguante,
+    ReadyServer,
     Shape,
     Target,
     cpu_seconds,
@@ -59,8 +60,6 @@ from run import (  # noqa: E402
     influxd_pid,
     peak_rss_kib,
     stop_process,
-    stop_ready_process,
-    wait_ready,
 )
 
 from tests.services import InfluxDB, Mosquitto  # noqa: E402  (run.py put ROOT on sys.path)
@@ -474,7 +473,7 @@ def _profile(pid: int, seconds: float, workdir: Path, m: ScaleMeasurement) -> No
 # -- scale ---------------------------------------------------------------------------------------
 
 
-class FastSim:
+class FastSim(ReadyServer):
     """`devices` Modbus TCP devices of `registers` holding (and input) registers in a process of
     its own (this file run with --serve): a bare asyncio responder to function codes 3 and 4, an
     exception answer to anything else or out of range. benchmarks/sim_server.py (the full
@@ -488,44 +487,18 @@ class FastSim:
         self.ports = [self.control_port + 1 + n for n in range(devices)]
         self.err_path = workdir / f"{name}.err"
         self.name = name
-        self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> FastSim:
-        with self.err_path.open("wb") as err:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(Path(__file__).resolve()),
-                    "--serve",
-                    f"--devices={self.devices}",
-                    f"--registers={self.registers}",
-                    f"--control-port={self.control_port}",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                start_new_session=True,
-                preexec_fn=_child_setup(None),
-            )
-        try:
-            wait_ready(self.process, "the simulated devices", self.err_path)
-        except BaseException:
-            self.close()
-            raise
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--serve",
+            f"--devices={self.devices}",
+            f"--registers={self.registers}",
+            f"--control-port={self.control_port}",
+        ]
+        self._start(command, "the simulated devices", self.err_path, _child_setup(None))
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            stop_ready_process(process)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
 
     def requests(self) -> int:
         with socket.create_connection(("127.0.0.1", self.control_port), timeout=30) as sock:
