@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
 from collector.config import Config
 from collector.influxql import InfluxQL, quote_ident, quote_string, time_literal
 from collector.schema import TAG_FACTORY, TAG_SECTOR, Point
+from collector.shifts import ShiftCalendar
 from collector.sinks import Sink
 
 __all__ = [
@@ -48,22 +48,18 @@ class Decision:
     time_ms: int
 
 
-def _midnight_ms(config: Config, day: dt.date) -> int:
-    midnight = dt.datetime.combine(day, dt.time(), ZoneInfo(config.timezone))
-    return round(midnight.timestamp() * 1000)
-
-
 def list_decisions(db: InfluxQL, config: Config, start: dt.date, end: dt.date) -> list[Decision]:
     """The decisions of local days `start` to `end` (included), oldest first. Raises
     `collector.influxql.QueryError`."""
-    low, high = _midnight_ms(config, start), _midnight_ms(config, end + dt.timedelta(days=1))
+    calendar = ShiftCalendar(config.calendar, config.timezone)
+    low = calendar.local_midnight_ms(start)
+    high = calendar.local_midnight_ms(end + dt.timedelta(days=1))
     statement = (
         f"SELECT {quote_ident('text')} FROM {quote_ident(DECISION)}"
         f" WHERE {quote_ident(TAG_FACTORY)} = {quote_string(config.factory)}"
         f" AND time >= {time_literal(low)} AND time < {time_literal(high)}"
         f" GROUP BY {quote_ident(TAG_SECTOR)}"
     )
-    zone = ZoneInfo(config.timezone)
     found = []
     for series in db.select(statement):
         sector = series.tags.get(TAG_SECTOR, "")
@@ -72,7 +68,7 @@ def list_decisions(db: InfluxQL, config: Config, start: dt.date, end: dt.date) -
             if not isinstance(text, str):
                 continue
             time_ms = int(row["time"])
-            day = dt.datetime.fromtimestamp(time_ms / 1000, zone).date()
+            day = calendar.local_day(time_ms)
             found.append(Decision(day, text, sector, time_ms))
     return sorted(found, key=lambda d: (d.time_ms, d.sector))
 
@@ -98,7 +94,8 @@ async def record_decision(
     same_day = [d for d in list_decisions(db, config, day, day) if d.sector == sector]
     if len(same_day) >= MAX_PER_DAY:
         raise InvalidDecision(f"{day} already has {MAX_PER_DAY} decisions for this sector")
-    time_ms = max((d.time_ms for d in same_day), default=_midnight_ms(config, day) - 1) + 1
+    midnight = ShiftCalendar(config.calendar, config.timezone).local_midnight_ms(day)
+    time_ms = max((d.time_ms for d in same_day), default=midnight - 1) + 1
     tags = {TAG_FACTORY: config.factory}
     if sector:
         tags[TAG_SECTOR] = sector

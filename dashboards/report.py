@@ -152,15 +152,19 @@ def gather(
 ) -> Report:
     """The report's figures from InfluxDB (raises `collector.influxql.QueryError`)."""
     moment = now or dt.datetime.now(dt.UTC)
+    calendar = ShiftCalendar(config.calendar, config.timezone)
+
+    def span_ms(span: Period) -> tuple[int, int]:
+        """The local days of a period as UTC milliseconds, the last day included."""
+        end = span.end + dt.timedelta(days=1)
+        return calendar.local_midnight_ms(span.start), calendar.local_midnight_ms(end)
 
     def figures(span: Period) -> Figures:
         end = span.end + dt.timedelta(days=1)
         plant = kpis(db, config, span.start, end, now=moment)
         sectors = kpis(db, config, span.start, end, by="sector", now=moment)
         machines = kpis(db, config, span.start, end, by="machine", now=moment)
-        start_ms = round(plant[0].start.timestamp() * 1000)
-        end_ms = round(plant[0].end.timestamp() * 1000)
-        stops = list_stops(db, config, start_ms, end_ms)
+        stops = list_stops(db, config, *span_ms(span))
         per_machine: dict[str, tuple[int, float]] = {}
         for stop in stops:
             count, lost = per_machine.get(stop.machine, (0, 0.0))
@@ -178,16 +182,16 @@ def gather(
         step: Grouping = "day" if span.days <= TREND_DAYS_MAX else "week"
         end = span.end + dt.timedelta(days=1)
 
-        def uses(**selection: Any) -> tuple[list[dt.date], list[float | None]]:
+        def uses(**selection: Any) -> list[float | None]:
             rows = kpis(db, config, span.start, end, by=step, now=moment, **selection)
-            return [r.start.date() for r in rows], [r.totals.capacity_use for r in rows]
+            return [r.totals.capacity_use for r in rows]
 
         rows = kpis(db, config, span.start, end, by=step, now=moment)
         starts, plant = [r.start.date() for r in rows], [r.totals.capacity_use for r in rows]
-        sectors = {s.id: uses(sector=s.id)[1] for s in config.sectors if s.id in current.sectors}
+        sectors = {s.id: uses(sector=s.id) for s in config.sectors if s.id in current.sectors}
         ids = list(current.machines)
         if len(ids) <= len(rows):
-            machines = {m: uses(machines=[m])[1] for m in ids}
+            machines = {m: uses(machines=[m]) for m in ids}
         else:  # more machines than steps: one request a step, every machine in it
             machines = {m: [] for m in ids}
             for row in rows:
@@ -214,10 +218,7 @@ def gather(
     current = figures(period)
     previous = figures(period.before()) if compare else None
     effects = [effect(d) for d in list_decisions(db, config, period.start, period.end)]
-    calendar = ShiftCalendar(config.calendar, config.timezone)
-    start_ms = calendar.local_midnight_ms(period.start)
-    end_ms = calendar.local_midnight_ms(period.end + dt.timedelta(days=1))
-    maintenance = upkeep(db, config, start_ms, end_ms)
+    maintenance = upkeep(db, config, *span_ms(period))
     return Report(config.factory, current, previous, trend(period), effects, maintenance, moment)
 
 
