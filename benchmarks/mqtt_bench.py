@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import os
 import secrets
 import signal
 import statistics
@@ -37,6 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mqtt_load import PLAIN_SIGNALS, tasmota_sources  # noqa: E402
+from procstat import cpu_seconds, peak_rss_kib  # noqa: E402
 
 from tests.services import InfluxDB, Mosquitto  # noqa: E402
 
@@ -264,19 +264,6 @@ class MqttMeasurement:
 
 
 # -- processes (as run.py's) ---------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 def _die_with_parent() -> None:

@@ -23,7 +23,6 @@ import ctypes
 import dataclasses
 import datetime as dt
 import json
-import os
 import random
 import selectors
 import signal
@@ -52,6 +51,7 @@ import mqtt_bench  # noqa: E402
 import nodered  # noqa: E402
 import serial_bench  # noqa: E402
 from machine import machine_description  # noqa: E402
+from procstat import cpu_seconds, peak_rss_kib  # noqa: E402
 
 from tests.services import InfluxDB  # noqa: E402
 
@@ -294,21 +294,6 @@ class Measurement:
 
 
 # -- processes -----------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far, from /proc/PID/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 def _die_with_parent() -> None:

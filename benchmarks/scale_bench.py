@@ -49,16 +49,15 @@ BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))  # run.py imports its siblings by their bare names
 
+from procstat import cpu_seconds, peak_rss_kib  # noqa: E402
 from run import (  # noqa: E402
     ROOT,
     Aguante,
     ReadyServer,
     Shape,
     Target,
-    cpu_seconds,
     free_port_block,
     influxd_pid,
-    peak_rss_kib,
     stop_process,
 )
 
