@@ -82,6 +82,7 @@ __all__ = [
     "json_schema",
     "load_config",
     "parse_config",
+    "validation_problems",
 ]
 
 Table = Literal["coil", "discrete", "holding", "input"]
@@ -430,7 +431,32 @@ class ModbusDevice(_Model):
     one_request_per_signal: bool = False
     pause_between_requests: float = Field(0.0, ge=0, le=10)
     pause_after_connect: float = Field(0.0, ge=0, le=30)
+    profile: str | None = Field(
+        None,
+        description="A device profile (`aguante profiles`): its signals and serial settings; "
+        "what is written here wins, a signal of the same name changes only the keys it gives.",
+    )
+    profile_signals: list[Name] | None = Field(
+        None, description="Only these of the profile's signals (all of them when left out)."
+    )
     signals: list[Signal] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_profile(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if data.get("profile") is None:
+            if data.get("profile_signals") is not None:
+                raise _FieldProblem("profile_signals", "only with a `profile`")
+            return data
+        from collector.profiles import ProfileError, apply_profile
+
+        try:
+            return apply_profile(data)
+        except ProfileError as exc:
+            where = "profile_signals" if str(exc).startswith("profile_signals") else "profile"
+            raise _FieldProblem(where, str(exc).removeprefix("profile_signals: ")) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusDevice:
@@ -1611,6 +1637,11 @@ def _block(data: dict[str, Any], section: str, *, create: bool) -> Any:
             block[name] = {}
         block = block.get(name)
     return block
+
+
+def validation_problems(exc: ValidationError) -> list[ConfigProblem]:
+    """A validation error of any of the config's models as problems with their paths."""
+    return _problems(exc)
 
 
 def _problems(exc: ValidationError) -> list[ConfigProblem]:
