@@ -159,6 +159,12 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     rollup.set_defaults(func=_rollup)
     register_buffer(commands)
     register_db(commands)
+    if plugins:  # set-up commands: not imported by a long-running `collect`
+        from collector.probe_cli import register as register_probe
+        from collector.profiles_cli import register as register_profiles
+
+        register_probe(commands)
+        register_profiles(commands)
 
     for entry in sorted(entry_points(group="aguante.commands"), key=lambda e: e.name):
         if not plugins:

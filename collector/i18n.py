@@ -12,6 +12,8 @@ message lacks a translation or its placeholders differ between languages.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -25,6 +27,7 @@ __all__ = [
     "catalog",
     "domains",
     "gettext_locale",
+    "language_from_environment",
     "translate",
 ]
 
@@ -36,6 +39,23 @@ class MissingText(KeyError):
 def gettext_locale(language: Language) -> str:
     """The folder of a language's catalogues: gettext writes pt-BR as pt_BR."""
     return language.replace("-", "_")
+
+
+def language_from_environment(environ: Mapping[str, str] | None = None) -> Language:
+    """The language of a command that reads no config: the terminal's locale (LC_ALL,
+    LC_MESSAGES, LANG: pt_BR.UTF-8 → pt-BR), Spanish when it names none of the three."""
+    env = os.environ if environ is None else environ
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = env.get(name, "").lower()
+        if not value or value in ("c", "posix") or value.startswith("c."):
+            continue
+        if value.startswith("pt"):
+            return "pt-BR"
+        if value.startswith("en"):
+            return "en"
+        if value.startswith("es"):
+            return "es"
+    return "es"
 
 
 @cache

@@ -46,6 +46,8 @@ COMMANDS = [
     "dashboards",
     "report",
     "decision",
+    "probe",
+    "profiles",
 ]
 
 

@@ -26,6 +26,9 @@ class FakeLink:
     faults: dict[int, Any] = field(default_factory=dict)
     reachable: bool = True
     drops_every_read: bool = False  # accepts connections, then closes them at the first read
+    # As a strict device: an address never `set` is exception 2, a table of a unit with none
+    # set is exception 1, and a unit with no table at all does not answer.
+    strict: bool = False
     requests: list[tuple[int, str, int, int]] = field(default_factory=list)
     connects: int = 0
     _connected: bool = False
@@ -68,6 +71,13 @@ class FakeLink:
         if isinstance(fault, int):
             return FakeResponse(exception_code=fault)
         values = self.tables.get((unit, table), {})
+        if self.strict:
+            if not any(u == unit for u, _ in self.tables):
+                raise ModbusIOException("no response")
+            if not values:
+                return FakeResponse(exception_code=1)
+            if any(a not in values for a in range(address, address + count)):
+                return FakeResponse(exception_code=2)
         data = [values.get(a, 0) for a in range(address, address + count)]
         if table in ("coil", "discrete"):
             return FakeResponse(bits=[bool(v) for v in data])
