@@ -160,9 +160,11 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
     register_buffer(commands)
     register_db(commands)
     if plugins:  # set-up commands: not imported by a long-running `collect`
+        from collector.init_cli import register as register_init
         from collector.probe_cli import register as register_probe
         from collector.profiles_cli import register as register_profiles
 
+        register_init(commands)
         register_probe(commands)
         register_profiles(commands)
 

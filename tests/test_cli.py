@@ -48,6 +48,7 @@ COMMANDS = [
     "decision",
     "probe",
     "profiles",
+    "init",
 ]
 
 
