@@ -567,7 +567,7 @@ class Watch:
                 watched.changes += 1
                 watched.changed_at = now
             watched.value = value
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, int | float):  # a bool too: lowest 0, highest 1 once it moved
                 number = float(value)
                 watched.minimum = (
                     number if watched.minimum is None else min(watched.minimum, number)

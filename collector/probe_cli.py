@@ -399,6 +399,7 @@ async def _find_async(
             candidates = finder.add(registers, expect, tolerance)
             _print_candidates(args, lang, candidates, len(finder.readings), start, count)
             if not candidates:
+                print(translate(lang, "probe.none"))
                 return 1
             if len(candidates) == 1 and len(finder.readings) > 1:
                 return 0

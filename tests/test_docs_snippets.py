@@ -1,10 +1,11 @@
-"""The install and retrofit pages say only what aguante accepts.
+"""The install, retrofit and setup pages say only what aguante accepts.
 
 Rules, kept simple so a person writing docs can follow them:
 
-1. Every fenced block whose info string is exactly ``yaml`` in docs/retrofit.md and
-   docs/install.md is an aguante factory file, or a fragment of one, and must validate with
-   `collector.config.parse_config` (no environment) and raise no `aguante check` warnings.
+1. Every fenced block whose info string is exactly ``yaml`` in docs/retrofit.md,
+   docs/install.md and docs/setup.md is an aguante factory file, or a fragment of one, and
+   must validate with `collector.config.parse_config` (no environment) and raise no
+   `aguante check` warnings.
 2. A fragment is a block without a top-level ``factory:`` key. It gets a fixed header
    prepended as text: ``factory: ejemplo``, and, when the block has no ``sectors:`` of its own,
    the sectors in `FRAGMENT_SECTORS`. Nothing else is added: a fragment names its machines,
@@ -35,7 +36,7 @@ from collector.cli import build_parser
 from collector.config import ConfigError, config_warnings, parse_config
 
 ROOT = Path(__file__).parent.parent
-DOCS = [ROOT / "docs" / "retrofit.md", ROOT / "docs" / "install.md"]
+DOCS = [ROOT / "docs" / name for name in ("retrofit.md", "install.md", "setup.md")]
 
 FRAGMENT_FACTORY = "factory: ejemplo\n"
 FRAGMENT_SECTORS = (

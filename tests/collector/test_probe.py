@@ -291,6 +291,7 @@ async def test_watch_follows_a_counter_and_a_running_bit() -> None:
     count_, running_, temp_ = (watch.signals[n] for n in ("count", "running", "temp"))
     assert (count_.first, count_.value, count_.changes) == (10, 13, 1)
     assert (running_.first, running_.value, running_.changes) == (False, True, 1)
+    assert (running_.minimum, running_.maximum) == (0, 1)
     assert (temp_.minimum, temp_.maximum) == (pytest.approx(19.0), pytest.approx(21.5))
     assert watch.rounds == 3
 
