@@ -8,6 +8,7 @@ import asyncio
 import math
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,16 @@ pytestmark = pytest.mark.integration
 AGUANTE = [str(Path(sys.executable).parent / "aguante")]
 NUMERIC = ("int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64")
 RATE = 200.0  # requests a second: fast for the test, still paced
+
+
+@pytest.fixture
+async def sim(tmp_path: Path) -> AsyncIterator[Simulator]:
+    """The metalworks plant, time held at a Monday morning (the worker moves it on)."""
+    scenario = with_pty_dir(load_scenario("metalworks"), tmp_path)
+    async with run_scenario(
+        scenario, port_base=free_port_base(8), start=MONDAY_MORNING, frozen=True
+    ) as simulator:
+        yield simulator
 
 
 def _link(sim: Simulator, device: Device, unit: int, **extra: Any) -> ModbusDevice:
@@ -86,26 +97,22 @@ def _same_registers_narrower(candidate: Candidate, signal: SimSignal) -> bool:
     )
 
 
-async def test_find_recovers_every_numeric_signal_of_the_plant(tmp_path: Path) -> None:
-    scenario = with_pty_dir(load_scenario("metalworks"), tmp_path)
-    port_base = free_port_base(8)
+async def test_find_recovers_every_numeric_signal_of_the_plant(sim: Simulator) -> None:
     outcome: dict[str, str] = {}
-    async with run_scenario(
-        scenario, port_base=port_base, start=MONDAY_MORNING, frozen=True
-    ) as sim:
-        for device in scenario.devices:
-            for machine in device.machines:
-                link = _link(sim, device, machine.unit)
-                prober = Prober(make_client(link, lambda sending, data: data), Pacer(RATE))
-                try:
-                    assert await prober.connect()
-                    for signal in machine.signals:
-                        if signal.type not in NUMERIC:
-                            continue
-                        key = f"{machine.id}.{signal.name}"
-                        outcome[key] = await _find_one(sim, prober, machine.id, signal)
-                finally:
-                    prober.close()
+    scenario = sim.scenario
+    for device in scenario.devices:
+        for machine in device.machines:
+            link = _link(sim, device, machine.unit)
+            prober = Prober(make_client(link, lambda sending, data: data), Pacer(RATE))
+            try:
+                assert await prober.connect()
+                for signal in machine.signals:
+                    if signal.type not in NUMERIC:
+                        continue
+                    key = f"{machine.id}.{signal.name}"
+                    outcome[key] = await _find_one(sim, prober, machine.id, signal)
+            finally:
+                prober.close()
     exact = sorted(k for k, v in outcome.items() if v == "exact")
     narrower = sorted(k for k, v in outcome.items() if v == "narrower")
     assert set(exact) | set(narrower) == set(outcome), outcome
@@ -173,78 +180,68 @@ def _check_snippet(
     assert math.isclose(float(got), value, rel_tol=1e-6, abs_tol=display_tolerance(text))
 
 
-async def test_scan_finds_the_units_and_ranges_that_exist(tmp_path: Path) -> None:
-    scenario = with_pty_dir(load_scenario("metalworks"), tmp_path)
-    port_base = free_port_base(8)
-    async with run_scenario(
-        scenario, port_base=port_base, start=MONDAY_MORNING, frozen=True
-    ) as sim:
-        gateway = next(d for d in scenario.devices if d.name == "gateway-1")
-        link = _link(sim, gateway, 1, timeout=0.2)
-        rate = 100.0
-        prober = Prober(make_client(link, lambda sending, data: data), Pacer(rate))
-        try:
-            assert await prober.connect()
-            before = sim.request_count("gateway-1")
-            started = time.monotonic()
-            answers = await scan_units(prober, range(1, 7))
-            elapsed = time.monotonic() - started
-            assert [a.unit for a in answers if a.present] == sorted(
-                m.unit for m in gateway.machines
-            )
-            sent = sim.request_count("gateway-1") - before
-            assert sent == prober.requests == 6
-            assert elapsed >= (sent - 1) / rate * 0.95  # within its rate, counted at the device
-            for machine in gateway.machines:
-                for table in ("coil", "discrete", "holding", "input"):
-                    before = sim.request_count("gateway-1")
-                    started = time.monotonic()
-                    scan = await scan_registers(prober, machine.unit, table, 0, 400, resolution=10)
-                    elapsed = time.monotonic() - started
-                    size = machine.size(table)
-                    expected = [(0, size - 1)] if size else []
-                    assert scan.ranges == expected, (machine.id, table, scan)
-                    sent = sim.request_count("gateway-1") - before
-                    assert sent == scan.requests
-                    assert elapsed >= (sent - 1) / rate * 0.95
-        finally:
-            prober.close()
+async def test_scan_finds_the_units_and_ranges_that_exist(sim: Simulator) -> None:
+    scenario = sim.scenario
+    gateway = next(d for d in scenario.devices if d.name == "gateway-1")
+    link = _link(sim, gateway, 1, timeout=0.2)
+    rate = 100.0
+    prober = Prober(make_client(link, lambda sending, data: data), Pacer(rate))
+    try:
+        assert await prober.connect()
+        before = sim.request_count("gateway-1")
+        started = time.monotonic()
+        answers = await scan_units(prober, range(1, 7))
+        elapsed = time.monotonic() - started
+        assert [a.unit for a in answers if a.present] == sorted(m.unit for m in gateway.machines)
+        sent = sim.request_count("gateway-1") - before
+        assert sent == prober.requests == 6
+        assert elapsed >= (sent - 1) / rate * 0.95  # within its rate, counted at the device
+        for machine in gateway.machines:
+            for table in ("coil", "discrete", "holding", "input"):
+                before = sim.request_count("gateway-1")
+                started = time.monotonic()
+                scan = await scan_registers(prober, machine.unit, table, 0, 400, resolution=10)
+                elapsed = time.monotonic() - started
+                size = machine.size(table)
+                expected = [(0, size - 1)] if size else []
+                assert scan.ranges == expected, (machine.id, table, scan)
+                sent = sim.request_count("gateway-1") - before
+                assert sent == scan.requests
+                assert elapsed >= (sent - 1) / rate * 0.95
+    finally:
+        prober.close()
 
 
-async def test_probe_find_command_prints_the_line_for_the_config(tmp_path: Path) -> None:
-    scenario = with_pty_dir(load_scenario("metalworks"), tmp_path)
-    port_base = free_port_base(8)
-    async with run_scenario(
-        scenario, port_base=port_base, start=MONDAY_MORNING, frozen=True
-    ) as sim:
-        moulder = next(d for d in scenario.devices if d.name == "moulder-plc")
-        machine = moulder.machines[0]
-        signal = next(s for s in machine.signals if s.name == "zone2_temp")
-        text = _display(float(sim.values(machine.id)[signal.name]), signal)
-        endpoint = sim.endpoints["moulder-plc"]
-        process = await asyncio.create_subprocess_exec(
-            *AGUANTE,
-            "probe",
-            "find",
-            "--host",
-            str(endpoint.host),
-            "--port",
-            str(endpoint.port),
-            "--unit",
-            str(machine.unit),
-            "--expect",
-            text.replace(".", ","),
-            "--count",
-            str(machine.size("holding")),
-            "--name",
-            "zone2_temp",
-            "--lang",
-            "es",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), 60)
+async def test_probe_find_command_prints_the_line_for_the_config(sim: Simulator) -> None:
+    scenario = sim.scenario
+    moulder = next(d for d in scenario.devices if d.name == "moulder-plc")
+    machine = moulder.machines[0]
+    signal = next(s for s in machine.signals if s.name == "zone2_temp")
+    text = _display(float(sim.values(machine.id)[signal.name]), signal)
+    endpoint = sim.endpoints["moulder-plc"]
+    process = await asyncio.create_subprocess_exec(
+        *AGUANTE,
+        "probe",
+        "find",
+        "--host",
+        str(endpoint.host),
+        "--port",
+        str(endpoint.port),
+        "--unit",
+        str(machine.unit),
+        "--expect",
+        text.replace(".", ","),
+        "--count",
+        str(machine.size("holding")),
+        "--name",
+        "zone2_temp",
+        "--lang",
+        "es",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err.decode()
     lines = out.decode().splitlines()
     assert "forma(s) de leer holding" in lines[0]
