@@ -36,7 +36,10 @@ from collector.cli import build_parser
 from collector.config import ConfigError, config_warnings, parse_config
 
 ROOT = Path(__file__).parent.parent
-DOCS = [ROOT / "docs" / name for name in ("retrofit.md", "install.md", "setup.md")]
+DOCS = [
+    ROOT / "docs" / name
+    for name in ("retrofit.md", "install.md", "setup.md", "setup.es.md", "setup.pt-BR.md")
+]
 
 FRAGMENT_FACTORY = "factory: ejemplo\n"
 FRAGMENT_SECTORS = (
