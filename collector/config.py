@@ -81,6 +81,7 @@ __all__ = [
     "config_warnings",
     "json_schema",
     "load_config",
+    "modicon_address",
     "parse_config",
     "validation_problems",
 ]
@@ -391,6 +392,12 @@ class Signal(_Model):
         if self.scale != 1.0 or self.offset != 0.0:
             return "float"
         return "int"
+
+
+def modicon_address(register: int | str) -> tuple[Table, int]:
+    """(table, 0-based address) of a 1-based Modicon number: 40001 → holding 0, 30010 →
+    input 9; ValueError for what is not one."""
+    return _modicon(register)
 
 
 def _modicon(register: int | str) -> tuple[Table, int]:
@@ -1733,6 +1740,10 @@ def config_warnings(config: Config) -> list[ConfigProblem]:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the factory file, for editors (yaml-language-server and the like)."""
     schema = Config.model_json_schema()
+    # With a profile, a machine may list no signals of its own (they come from the profile).
+    device = schema["$defs"]["ModbusDevice"]
+    device["required"] = [k for k in device.get("required", []) if k != "signals"]
+    device["anyOf"] = [{"required": ["signals"]}, {"required": ["profile"]}]
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "aguante factory config"
     return schema

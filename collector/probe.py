@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pymodbus.exceptions import ModbusException
 
@@ -29,11 +29,13 @@ __all__ = [
     "Pacer",
     "ProbeError",
     "Prober",
+    "Problem",
     "RegisterScan",
     "UnitAnswer",
     "Watch",
     "Watched",
     "display_tolerance",
+    "failure",
     "parse_display",
     "scan_registers",
     "scan_units",
@@ -133,35 +135,68 @@ class Prober:
             return Answer(exception=-1)  # a short answer: as good as no such address
         return Answer(values=tuple(int(v) for v in data[:count]))
 
-    async def read_range(self, unit: int, table: Table, start: int, count: int) -> list[int]:
-        """`count` values from `start`, in as few requests as the protocol allows; raises
-        ProbeError when a part does not answer."""
-        values: list[int] = []
-        limit = MAX_READ[table]
+    async def read_range(
+        self, unit: int, table: Table, start: int, count: int, *, limit: int = 125
+    ) -> list[int | None]:
+        """`count` values from `start`, at most `limit` a request. A part the device refuses
+        as a whole (no such address) is read one register at a time, so a missing neighbour
+        costs only itself (None); raises ProbeError when the device does not answer."""
+        values: list[int | None] = []
+        limit = min(limit, MAX_READ[table])
         address = start
         while address < start + count:
             n = min(limit, start + count - address)
             answer = await self.read(unit, table, address, n)
-            if not answer.ok:
-                raise ProbeError(_describe_failure(table, address, n, answer))
-            values.extend(answer.values)
+            if answer.ok:
+                values.extend(answer.values)
+            elif answer.exception in NO_SUCH_ADDRESS and n > 1:
+                for one in range(address, address + n):
+                    single = await self.read(unit, table, one, 1)
+                    if not single.ok and single.exception not in NO_SUCH_ADDRESS:
+                        raise ProbeError(failure(table, one, 1, single))
+                    values.append(single.values[0] if single.ok else None)
+            else:
+                raise ProbeError(failure(table, address, n, answer))
             address += n
+        if all(v is None for v in values):
+            raise ProbeError(Problem("probe.why_no_address", table=table, first=start,
+                                     last=start + count - 1, code=2))  # fmt: skip
         return values
 
 
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What went wrong, as a message key and its values: the command line says it in the
+    user's language."""
+
+    key: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, key: str, **values: Any) -> None:
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "values", values)
+
+
 class ProbeError(RuntimeError):
-    """A read the probe needed did not answer."""
+    """A read the probe needed did not answer; `problem` says why."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.key)
+        self.problem = problem
 
 
-def _describe_failure(table: str, address: int, count: int, answer: Answer) -> str:
-    what = f"{table} {address}–{address + count - 1}"
+def failure(table: str, address: int, count: int, answer: Answer) -> Problem:
+    """Why a read of `count` values from `address` did not give them."""
+    where = {"table": table, "first": address, "last": address + count - 1}
     if answer.timeout:
-        return f"{what}: no answer"
+        return Problem("probe.why_silent", **where)
     if answer.exception == ILLEGAL_FUNCTION:
-        return f"{what}: the device has no {table} table (exception 1)"
+        return Problem("probe.why_no_table", **where)
+    if answer.exception in GATEWAY_NO_DEVICE:
+        return Problem("probe.why_no_device", **where, code=answer.exception)
     if answer.exception in NO_SUCH_ADDRESS:
-        return f"{what}: the device has no such address (exception {answer.exception})"
-    return f"{what}: exception {answer.exception}"
+        return Problem("probe.why_no_address", **where, code=answer.exception)
+    return Problem("probe.why_exception", **where, code=answer.exception)
 
 
 # -- scan --------------------------------------------------------------------------------------
@@ -180,14 +215,19 @@ async def scan_units(
     *,
     table: Table = "holding",
     address: int = 0,
+    on_answer: Callable[[UnitAnswer], None] | None = None,
 ) -> list[UnitAnswer]:
     """Which unit ids answer a one-register read: any answer (an exception code too) means a
-    device is there; silence or a gateway's 10/11 means none."""
+    device is there; silence or a gateway's 10/11 means none. `on_answer` hears each unit as
+    it is tried (a scan of a slow bus is long: what it found shows as it goes)."""
     found = []
     for unit in units:
         answer = await prober.read(unit, table, address, 1)
         present = not answer.timeout and answer.exception not in GATEWAY_NO_DEVICE
-        found.append(UnitAnswer(unit, present, answer.exception if present else None))
+        result = UnitAnswer(unit, present, answer.exception if present else None)
+        found.append(result)
+        if on_answer is not None:
+            on_answer(result)
     return found
 
 
@@ -197,7 +237,8 @@ class RegisterScan:
 
     table: Table
     ranges: list[tuple[int, int]] = field(default_factory=list)
-    stopped: str | None = None  # why the scan ended early, if it did
+    stopped: Problem | None = None  # why the scan ended early, if it did
+    device_silent: bool = False  # it stopped because the device stopped answering at all
     requests: int = 0
 
     def add(self, first: int, last: int) -> None:
@@ -205,6 +246,10 @@ class RegisterScan:
             self.ranges[-1] = (self.ranges[-1][0], max(self.ranges[-1][1], last))
         else:
             self.ranges.append((first, last))
+
+
+class _Stop(Exception):
+    """The scan of a table ends here (its reason is in the RegisterScan)."""
 
 
 async def scan_registers(
@@ -221,99 +266,95 @@ async def scan_registers(
 ) -> RegisterScan:
     """The address ranges of `table` in [start, end) that answer.
 
-    A read answers only if every address in it exists, so an answering block is a whole range
-    at once and the edges of a range are found by halving. Between ranges, one read of `width`
-    values every `resolution` addresses looks for the next one: a range shorter than that may
-    be missed (said in `aguante probe scan --help`). Stops at the first exception 1 (no such
-    table) and after `max_failures` reads in a row with no answer."""
+    The table is walked in cells of `width` addresses from `start` (2 for meters that answer
+    only whole 32-bit values, which want even addresses and counts): every read starts on a
+    cell and covers whole cells. A read answers only if every address in it exists, so an
+    answering block is a whole range at once and the edges of a range are found by halving.
+    Between ranges, one cell every `resolution` addresses is read to find the next one: a range
+    shorter than that may be missed (`aguante probe scan --help` says so). Only an exception 2
+    or 3 means "no such address": a read with no answer is asked again, and `max_failures` in
+    a row end the scan, as do exception 1 (no such table) and 10/11 (no device at this unit);
+    other exceptions (4 device failure, 6 busy) count as failures too."""
     scan = RegisterScan(table)
     before = prober.requests
+    cells = (end - start) // width
+    cell_block = max(1, min(block, MAX_READ[table]) // width)
+    step = max(1, -(-resolution // width))
     failures = 0
-    limit = min(block, MAX_READ[table])
 
-    async def answers(address: int, count: int) -> bool | None:
+    async def answers(cell: int, count: int) -> bool:
+        # Whether cells cell..cell+count-1 all exist; _Stop when the scan must end.
         nonlocal failures
-        answer = await prober.read(unit, table, address, count)
-        if answer.ok:
-            failures = 0
-            return True
-        if answer.timeout:
-            failures += 1
+        address = start + cell * width
+        while True:
+            answer = await prober.read(unit, table, address, count * width)
+            if answer.ok:
+                failures = 0
+                return True
+            if answer.exception in NO_SUCH_ADDRESS or answer.exception == -1:
+                failures = 0
+                return False
+            if answer.exception == ILLEGAL_FUNCTION or answer.exception in GATEWAY_NO_DEVICE:
+                scan.stopped = failure(table, address, count * width, answer)
+                scan.device_silent = answer.exception in GATEWAY_NO_DEVICE
+                raise _Stop
+            failures += 1  # silence, or a device too busy or failing to say: ask again
             if failures >= max_failures:
-                scan.stopped = f"{failures} reads in a row with no answer at {table} {address}"
-                return None
-            return False
-        failures = 0
-        if answer.exception == ILLEGAL_FUNCTION:
-            scan.stopped = f"the device has no {table} table (exception 1)"
-            return None
-        return False
+                scan.stopped = Problem(
+                    "probe.why_gave_up", table=table, first=address, count=failures
+                )
+                scan.device_silent = answer.timeout
+                raise _Stop
 
-    async def last_answering(first: int, low: int, high: int) -> int | None:
-        # The largest n in [low, high] such that first..first+n-1 answers, knowing `low` does.
+    async def extent(first: int, low: int, high: int) -> int:
+        # The largest n in [low, high] such that cells first..first+n-1 exist, knowing low do.
         while low < high:
             middle = (low + high + 1) // 2
-            ok = await answers(first, middle)
-            if ok is None:
-                return None
-            if ok:
+            if await answers(first, middle):
                 low = middle
             else:
                 high = middle - 1
         return low
 
-    address = start
-    while address < end:
-        count = min(limit, end - address)
-        ok = await answers(address, count)
-        if ok is None:
-            break
-        if ok:
-            scan.add(address, address + count - 1)
-            address += count
-            continue
-        # Part of this block answers, from its start or later: how much from its start?
-        head = await answers(address, min(width, count))
-        if head is None:
-            break
-        if head:
-            n = await last_answering(address, min(width, count), count - 1)
-            if n is None:
-                break
-            scan.add(address, address + n - 1)
-            address += n
-            continue
-        # A gap: look for the next answering address, one read every `resolution`.
-        probe = address + resolution
-        found = None
-        while probe < min(address + count + resolution, end):
-            got = await answers(probe, min(width, end - probe))
-            if got is None:
-                break
-            if got:
-                found = probe
-                break
-            probe += resolution
-        if scan.stopped:
-            break
-        if found is None:  # on from the address after the last one read
-            address = probe - resolution + 1
-            continue
-        # The range's first address lies after the last silent probe: halve towards it, each
-        # read running up to `found` (it answers when it starts inside the range).
-        low, high = max(address, found - resolution) + 1, found
-        while low < high:
-            middle = (low + high) // 2
-            got = await answers(middle, found - middle + min(width, end - found))
-            if got is None:
-                break
-            if got:
-                high = middle
-            else:
-                low = middle + 1
-        if scan.stopped:
-            break
-        address = low
+    def add(first_cell: int, count: int) -> None:
+        scan.add(start + first_cell * width, start + (first_cell + count) * width - 1)
+
+    cell = 0
+    try:
+        while cell < cells:
+            count = min(cell_block, cells - cell)
+            if await answers(cell, count):
+                add(cell, count)
+                cell += count
+                continue
+            if await answers(cell, 1):  # the block starts inside a range: how far does it go?
+                n = await extent(cell, 1, count - 1)
+                add(cell, n)
+                cell += n
+                continue
+            # A gap: look for the next existing cell, one read every `step` cells.
+            probe, found = cell + step, None
+            while probe < min(cell + count + step, cells):
+                if await answers(probe, 1):
+                    found = probe
+                    break
+                probe += step
+            if found is None:
+                # On from the cell after the last one read (the end, when none fitted).
+                cell = probe - step + 1 if probe > cell + step else cells
+                continue
+            # The range starts after the last silent probe: halve towards it, each read running
+            # up to `found` (it answers when it starts inside the range).
+            low, high = max(cell, found - step) + 1, found
+            while low < high:
+                middle = (low + high) // 2
+                if await answers(middle, found - middle + 1):
+                    high = middle
+                else:
+                    low = middle + 1
+            cell = low
+    except _Stop:
+        pass
     scan.requests = prober.requests - before
     return scan
 
@@ -323,16 +364,22 @@ async def scan_registers(
 
 def display_tolerance(text: str) -> float:
     """Half a unit of the display's last digit: "231.4" → 0.05, "1843" → 0.5, "2,5" → 0.05."""
-    cleaned = text.strip().replace(",", ".")
-    float(cleaned)  # a ValueError for what is not a number
-    mantissa, _, exponent = cleaned.lower().partition("e")
+    parse_display(text)  # a ValueError for what is not a number a display shows
+    mantissa, _, exponent = text.strip().replace(",", ".").lower().partition("e")
     decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
-    return 0.5 * 10.0 ** (int(exponent or 0) - decimals)
+    try:
+        return 0.5 * 10.0 ** (int(exponent or 0) - decimals)
+    except OverflowError:
+        raise ValueError(f"{text!r} is beyond what a register holds") from None
 
 
 def parse_display(text: str) -> float:
-    """A number as a display or a worker writes it; a decimal comma is accepted."""
-    return float(text.strip().replace(",", "."))
+    """A number as a display or a worker writes it; a decimal comma is accepted. ValueError
+    for text, nan, inf and numbers beyond any register (±1e300)."""
+    value = float(text.strip().replace(",", "."))
+    if not math.isfinite(value) or abs(value) > 1e300:
+        raise ValueError(f"{text!r} is not a number a display shows")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +417,7 @@ def _tidy(scale: float) -> float | int:
 
 @dataclass
 class _Reading:
-    registers: list[int]
+    registers: list[int | None]
     expect: float
     tolerance: float
 
@@ -392,8 +439,11 @@ class Finder:
             for order in _orders_for(kind)
         }
 
-    def add(self, registers: Sequence[int], expect: float, tolerance: float) -> list[Candidate]:
-        """Add a reading; every candidate that shows all readings, best first."""
+    def add(
+        self, registers: Sequence[int | None], expect: float, tolerance: float
+    ) -> list[Candidate]:
+        """Add a reading (None for a register the device does not have); every candidate that
+        shows all readings, best first."""
         if self.readings and len(registers) != len(self.readings[0].registers):
             raise ValueError("every reading must cover the same registers")
         self.readings.append(_Reading(list(registers), expect, tolerance))
@@ -408,13 +458,14 @@ class Finder:
         if self.near is not None:
             at = self.near - self.base
             addresses = range(max(0, at - 1), min(size, at + 2))
+        missing = {i for r in self.readings for i, v in enumerate(r.registers) if v is None}
         for at in addresses:
             for (kind, order), decode in self._decoders.items():
                 width = REGISTER_COUNT[kind]
-                if at + width > size:
+                if at + width > size or missing.intersection(range(at, at + width)):
                     continue
                 try:  # a NaN float, or a uint64 past what InfluxDB stores: not a reading
-                    raws = [float(decode(r.registers, at)) for r in self.readings]
+                    raws = [float(decode(cast(list[int], r.registers), at)) for r in self.readings]
                 except (DecodeError, ValueError, OverflowError):
                     continue
                 if not all(math.isfinite(raw) for raw in raws):
@@ -431,7 +482,14 @@ class Finder:
                         key = (candidate.address, width, order, scale, values)
                         found.setdefault(key, []).append(candidate)
         merged = [_merge_twins(group) for group in found.values()]
-        merged = [c for c in merged if not self._inside_wider(c, merged)]
+        # A 16-bit reading of the low word of a wide signed integer its upper words proved
+        # wide: the narrow one would break past ±32767.
+        wide = {
+            (c.address + (0 if c.order in ("CDAB", "DCBA") else c.width - 1), c.scale, c.values)
+            for c in merged
+            if c.sign_extended
+        }
+        merged = [c for c in merged if c.width > 1 or (c.address, c.scale, c.values) not in wide]
         return sorted(merged, key=lambda c: (c.score, c.address, FIND_TYPES.index(c.type)))
 
     def _candidate(
@@ -456,34 +514,25 @@ class Finder:
         return Candidate(address, kind, order, scale, values, offset_from, score, (), extended)
 
     def _sign_extended(self, address: int, kind: SignalType, order: str) -> bool:
-        # A 32/64-bit signed integer whose upper words read 0xFFFF at a negative reading: the
-        # 16-bit reading of its lower word shows the same number, but only the wide one would
-        # have put 0xFFFF next to it.
+        # A 32/64-bit signed integer whose upper words follow the sign — 0x0000 at a reading of
+        # 0 or more, 0xFFFF at a negative one, both seen: the 16-bit reading of its lower word
+        # shows the same numbers, but only the wide one explains the words next to it. One
+        # negative reading alone proves nothing: unused registers often read 0xFFFF.
         if not kind.startswith("int"):
             return False
         width = REGISTER_COUNT[kind]
         at = address - self.base
+        signs = set()
         for reading in self.readings:
-            words = reading.registers[at : at + width]
+            words = [w or 0 for w in reading.registers[at : at + width]]
             if order in ("BADC", "DCBA"):
                 words = [((w & 0xFF) << 8) | (w >> 8) for w in words]
             upper = words[1:] if order in ("CDAB", "DCBA") else words[:-1]
-            if reading.expect < 0 and upper and all(w == 0xFFFF for w in upper):
-                return True
-        return False
-
-    def _inside_wider(self, candidate: Candidate, every: list[Candidate]) -> bool:
-        # A 16-bit reading of the low word of a wide signed integer that a negative reading
-        # proved wide (its upper words read 0xFFFF): the narrow one would break past ±32767.
-        if candidate.width != 1:
-            return False
-        for other in every:
-            same = other.values == candidate.values and other.scale == candidate.scale
-            if other.width > 1 and other.sign_extended and same:
-                low = other.address + (0 if other.order in ("CDAB", "DCBA") else other.width - 1)
-                if low == candidate.address:
-                    return True
-        return False
+            negative = reading.expect < 0
+            if not all(w == (0xFFFF if negative else 0) for w in upper):
+                return False
+            signs.add(negative)
+        return signs == {True, False}
 
 
 def _orders_for(kind: SignalType) -> tuple[str, ...]:
@@ -539,7 +588,7 @@ class Watch:
         self.plan = coalesce_reads(device)
         self.signals = {s.name: Watched(s.name) for s in device.signals}
         self.rounds = 0
-        self.problems: list[str] = []
+        self.problems: list[Problem] = []
 
     async def poll(self, prober: Prober) -> None:
         """One round of reads; what failed is in `problems` until the next round."""
@@ -550,11 +599,13 @@ class Watch:
                 self.device.unit, request.table, request.address, request.count
             )
             if not answer.ok:
-                self.problems.append(
-                    _describe_failure(request.table, request.address, request.count, answer)
-                )
+                self.problems.append(failure(request.table, request.address, request.count, answer))
                 continue
             request.decode(answer.values, values)
+            for signal in request.signals:
+                if signal.name not in values:  # a NaN, a value InfluxDB cannot hold
+                    self.problems.append(Problem("probe.why_undecodable", signal=signal.name))
+                    self.signals[signal.name].value = None
         now = time.monotonic()
         self.rounds += 1
         for name, watched in self.signals.items():

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import math
 import re
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 from pydantic import ValidationError
+from pymodbus.exceptions import ModbusException
 
 from collector.config import (
     LANGUAGES,
@@ -31,6 +36,7 @@ from collector.config import (
     Signal,
     Table,
     load_config,
+    modicon_address,
     validation_problems,
 )
 from collector.i18n import language_from_environment, translate
@@ -41,6 +47,8 @@ from collector.probe import (
     Pacer,
     ProbeError,
     Prober,
+    Problem,
+    UnitAnswer,
     Watch,
     display_tolerance,
     parse_display,
@@ -54,6 +62,7 @@ __all__ = ["parse_signal_spec", "register", "run_probe"]
 TABLES: tuple[Table, ...] = ("holding", "input", "coil", "discrete")
 _SPEC = re.compile(
     r"^(?:(?P<name>[A-Za-z0-9_.\-]+)=)?(?P<table>coil|discrete|holding|input):(?P<address>\d+)"
+    r"(?:\.(?P<bit>\d{1,2}))?"
     r"(?::(?P<type>[a-z0-9]+))?(?::(?P<order>ABCD|CDAB|BADC|DCBA))?(?:\*(?P<scale>[-+0-9.eE]+))?$"
 )
 
@@ -123,9 +132,22 @@ def register(commands: Any) -> None:
     )
     find.add_argument("--table", choices=("holding", "input"), default="holding")
     where = find.add_mutually_exclusive_group()
-    where.add_argument("--address", type=int, help="the address a manual gives (±1 tried too)")
+    where.add_argument(
+        "--address", type=int, help="a 0-based address to look around (±1 tried too)"
+    )
+    where.add_argument(
+        "--register",
+        metavar="NUMBER",
+        help="a manual's 1-based register, e.g. 30001 or 40010 (it says the table; ±1 tried)",
+    )
     where.add_argument("--start", type=int, default=0, help="first address of the block (0)")
     find.add_argument("--count", type=int, default=125, help="registers in the block (125)")
+    find.add_argument(
+        "--max-registers",
+        type=int,
+        default=125,
+        help="registers per request, for devices that take fewer (125)",
+    )
     find.add_argument("--name", default="value", help="field name in the snippet (value)")
     find.add_argument("--top", type=int, default=8, help="candidates shown (8)")
     find.set_defaults(func=_find)
@@ -135,8 +157,9 @@ def register(commands: Any) -> None:
         help="show registers decoded live",
         description="Read signals over and over and show each with its lowest, highest and "
         "how often it changed: start and stop the machine and see which one follows it. "
-        "Signals as NAME=TABLE:ADDRESS[:TYPE[:ORDER]][*SCALE], e.g. holding:0, "
-        "temp=holding:1:int16*0.1, shots=holding:10:uint32:CDAB, running=coil:0; or every "
+        "Signals as NAME=TABLE:ADDRESS[.BIT][:TYPE[:ORDER]][*SCALE], e.g. holding:0, "
+        "temp=holding:1:int16*0.1, shots=holding:10:uint32:CDAB, running=coil:0, "
+        "fault=holding:30.1 (bit 1 of register 30); or every "
         "signal of a machine in a config with --config and --machine.",
     )
     _link_arguments(watch, unit_required=False)
@@ -173,17 +196,26 @@ def _link_arguments(parser: argparse.ArgumentParser, *, unit_required: bool) -> 
     parser.add_argument("--lang", choices=LANGUAGES, help="language (default: the terminal's)")
 
 
+class _Bad(ValueError):
+    """An argument that cannot be used, with the message key that says why."""
+
+    def __init__(self, key: str, **values: Any) -> None:
+        super().__init__(key)
+        self.key, self.values = key, values
+
+
 def parse_signal_spec(spec: str) -> dict[str, Any]:
-    """`[NAME=]TABLE:ADDRESS[:TYPE[:ORDER]][*SCALE]` as a config `signals:` entry."""
+    """`[NAME=]TABLE:ADDRESS[.BIT][:TYPE[:ORDER]][*SCALE]` as a config `signals:` entry."""
     match = _SPEC.match(spec.strip())
     if not match:
-        raise ValueError(
-            f"{spec!r}: write TABLE:ADDRESS[:TYPE[:ORDER]][*SCALE], e.g. holding:10:uint32:CDAB"
-        )
+        raise _Bad("probe.bad_spec", spec=spec)
     table, address = match["table"], int(match["address"])
     entry: dict[str, Any] = {"name": match["name"] or f"{table}_{address}", "table": table}
     entry["address"] = address
-    entry["type"] = match["type"] or ("bool" if table in BIT_TABLES else "uint16")
+    if match["bit"] is not None:
+        entry["bit"] = int(match["bit"])
+    bits = table in BIT_TABLES or match["bit"] is not None
+    entry["type"] = match["type"] or ("bool" if bits else "uint16")
     if match["order"]:
         entry["order"] = match["order"]
     if match["scale"]:
@@ -204,7 +236,15 @@ def _language(args: argparse.Namespace) -> Language:
 def _device(
     args: argparse.Namespace, signals: Sequence[dict[str, Any]] | None = None
 ) -> ModbusDevice:
-    transport = args.transport or ("rtu" if args.serial_port and not args.host else "tcp")
+    if bool(args.host) == bool(args.serial_port):
+        raise _Bad("probe.bad_link")
+    if not (math.isfinite(args.rate) and args.rate > 0):
+        raise _Bad("probe.bad_positive", option="--rate")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise _Bad("probe.bad_positive", option="--timeout")
+    transport = args.transport or ("rtu" if args.serial_port else "tcp")
+    if (transport == "rtu") != bool(args.serial_port):
+        raise _Bad("probe.bad_link")
     data: dict[str, Any] = {
         "transport": transport,
         "unit": args.unit if args.unit is not None else 1,
@@ -222,15 +262,22 @@ def _device(
     return ModbusDevice.model_validate(data)
 
 
-def _problem(lang: Language, exc: ValidationError | ValueError | ConfigError) -> int:
-    if isinstance(exc, ValidationError):
-        for problem in validation_problems(exc):
-            where = f"{problem.path}:" if problem.path else ""
-            text = translate(lang, "probe.bad_argument", where=where, problem=problem.message)
-            print(text, file=sys.stderr)
+def _refuse(lang: Language, exc: Exception) -> int:
+    """Say what is wrong with the arguments; exit status 2 as argparse does."""
+    if isinstance(exc, _Bad):
+        lines = [translate(lang, exc.key, **exc.values)]
+    elif isinstance(exc, ValidationError):
+        lines = [f"{p.path}: {p.message}" if p.path else p.message
+                 for p in validation_problems(exc)]  # fmt: skip
     else:
-        print(translate(lang, "probe.bad_argument", where="", problem=str(exc)), file=sys.stderr)
+        lines = [str(exc)]
+    for line in lines:
+        print(translate(lang, "probe.bad_argument", problem=line), file=sys.stderr)
     return 2
+
+
+def _say(lang: Language, problem: Problem) -> str:
+    return translate(lang, problem.key, **problem.values)
 
 
 def _link_name(device: ModbusDevice) -> str:
@@ -243,11 +290,20 @@ async def _open(
     device: ModbusDevice, factory: ClientFactory, rate: float, lang: Language
 ) -> Prober | None:
     prober = Prober(factory(device, lambda sending, data: data), Pacer(rate))
-    if not await prober.connect():
+    try:
+        connected = await prober.connect()
+    except (OSError, ModbusException):  # a serial port that is not there, one in use
+        connected = False
+    if not connected:
         print(translate(lang, "probe.no_link", link=_link_name(device)), file=sys.stderr)
         prober.close()
         return None
     return prober
+
+
+def _interrupted(lang: Language) -> int:
+    print(translate(lang, "probe.interrupted"), file=sys.stderr)
+    return 130
 
 
 def _parse_units(text: str) -> list[int]:
@@ -257,12 +313,14 @@ def _parse_units(text: str) -> list[int]:
         if not part:
             continue
         first, _, last = part.partition("-")
+        if not first.isdigit() or not (last.isdigit() or not last):
+            raise _Bad("probe.bad_units", units=text)
         low, high = int(first), int(last or first)
         if not (0 <= low <= high <= 255):
-            raise ValueError(f"{part!r}: unit ids go from 0 to 255")
+            raise _Bad("probe.bad_units", units=text)
         units.extend(range(low, high + 1))
     if not units:
-        raise ValueError("no unit ids to try")
+        raise _Bad("probe.bad_units", units=text)
     return units
 
 
@@ -274,13 +332,17 @@ def _scan(args: argparse.Namespace, factory: ClientFactory = make_client) -> int
     try:
         device = _device(args)
         units = _parse_units(args.units)
-        if args.rate <= 0 or args.resolution < 1 or args.width < 1 or args.max_failures < 1:
-            raise ValueError("--rate, --resolution, --width and --max-failures must be above 0")
+        for option in ("resolution", "width", "max_failures"):
+            if getattr(args, option) < 1:
+                raise _Bad("probe.bad_positive", option="--" + option.replace("_", "-"))
         if not 0 <= args.start < args.end <= 65536:
-            raise ValueError("--start and --end: 0 ≤ start < end ≤ 65536")
+            raise _Bad("probe.bad_range", first=args.start, end=args.end)
     except (ValidationError, ValueError) as exc:
-        return _problem(lang, exc)
-    return asyncio.run(_scan_async(args, device, units, factory, lang))
+        return _refuse(lang, exc)
+    try:
+        return asyncio.run(_scan_async(args, device, units, factory, lang))
+    except KeyboardInterrupt:
+        return _interrupted(lang)
 
 
 async def _scan_async(
@@ -294,21 +356,25 @@ async def _scan_async(
     if prober is None:
         return 1
     started = time.monotonic()
+    found_any = False
     try:
         if args.unit is None:
             print(translate(lang, "probe.scan_units", count=len(units), link=_link_name(device)))
-            answers = await scan_units(prober, units)
-            present = [a for a in answers if a.present]
-            for answer in present:
+
+            def heard(answer: UnitAnswer) -> None:  # each as it answers: a bus scan is long
+                if not answer.present:
+                    return
                 if answer.exception is None:
-                    print(translate(lang, "probe.unit_answers", unit=answer.unit))
+                    print(translate(lang, "probe.unit_answers", unit=answer.unit), flush=True)
                 else:
-                    print(
-                        translate(
-                            lang, "probe.unit_exception", unit=answer.unit, code=answer.exception
-                        )
+                    text = translate(
+                        lang, "probe.unit_exception", unit=answer.unit, code=answer.exception
                     )
-            if not present:
+                    print(text, flush=True)
+
+            answers = await scan_units(prober, units, on_answer=heard)
+            found_any = any(a.present for a in answers)
+            if not found_any:
                 print(translate(lang, "probe.no_units"))
         else:
             print(
@@ -335,18 +401,22 @@ async def _scan_async(
                 ranges = ", ".join(
                     f"{first}–{last}" if last > first else str(first) for first, last in scan.ranges
                 )
+                found_any = found_any or bool(scan.ranges)
                 print(
                     translate(lang, "probe.table_ranges", table=table, ranges=ranges)
                     if ranges
-                    else translate(lang, "probe.table_empty", table=table)
+                    else translate(lang, "probe.table_empty", table=table),
+                    flush=True,
                 )
                 if scan.stopped:
-                    print(translate(lang, "probe.stopped", why=scan.stopped))
+                    print(translate(lang, "probe.stopped", why=_say(lang, scan.stopped)))
+                if scan.device_silent:  # the other tables would only wait the same
+                    break
         seconds = time.monotonic() - started
         print(translate(lang, "probe.requests", requests=prober.requests, seconds=f"{seconds:.1f}"))
     finally:
         prober.close()
-    return 0
+    return 0 if found_any else 1
 
 
 # -- find ------------------------------------------------------------------------------------------
@@ -356,20 +426,70 @@ def _find(args: argparse.Namespace, factory: ClientFactory = make_client) -> int
     lang = _language(args)
     try:
         device = _device(args)
-        expect = parse_display(args.expect)
-        tolerance = args.tolerance if args.tolerance is not None else display_tolerance(args.expect)
-        if args.address is not None:
-            start, count = max(0, args.address - 1), 0
-            count = min(args.address + 5, 65536) - start  # room for a 64-bit value at +1
+        try:
+            expect = parse_display(args.expect)
+            tolerance = (
+                args.tolerance if args.tolerance is not None else display_tolerance(args.expect)
+            )
+        except ValueError:
+            raise _Bad("probe.not_a_number", text=args.expect) from None
+        if not (math.isfinite(tolerance) and tolerance >= 0):
+            raise _Bad("probe.bad_positive", option="--tolerance")
+        if args.top < 1 or not 1 <= args.max_registers <= 125:
+            raise _Bad("probe.bad_positive", option="--top/--max-registers")
+        table, near = args.table, args.address
+        if args.register is not None:
+            try:
+                table, near = modicon_address(args.register)
+            except ValueError:
+                raise _Bad("probe.bad_register", register=args.register) from None
+            if table not in ("holding", "input"):
+                raise _Bad("probe.bad_register", register=args.register)
+        if near is not None:
+            start = max(0, near - 1)
+            count = min(near + 5, 65536) - start  # room for a 64-bit value at +1
         else:
             start, count = args.start, args.count
-        if count < 1 or start + count > 65536 or args.rate <= 0:
-            raise ValueError("--start/--count: a block inside addresses 0–65535")
+        if start < 0 or count < 1 or start + count > 65536:
+            raise _Bad("probe.bad_range", first=start, end=start + count)
     except (ValidationError, ValueError) as exc:
-        return _problem(lang, exc)
-    return asyncio.run(
-        _find_async(args, device, expect, tolerance, start, count, factory, lang, sys.stdin)
-    )
+        return _refuse(lang, exc)
+    block = _Block(table, start, count, near)
+    try:
+        return asyncio.run(_find_async(args, device, expect, tolerance, block, factory, lang))
+    except KeyboardInterrupt:
+        return _interrupted(lang)
+
+
+@dataclass(frozen=True)
+class _Block:
+    table: Table
+    start: int
+    count: int
+    near: int | None
+
+
+async def _read_line(stdin: TextIO) -> str:
+    """A line of standard input without blocking the loop, in a daemon thread of its own: a
+    Ctrl-C at the prompt ends the command instead of waiting for the line."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def read() -> None:
+        try:
+            line = stdin.readline()
+        except (OSError, ValueError):
+            line = ""
+
+        def deliver() -> None:
+            if not future.done():
+                future.set_result(line)
+
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(deliver)
+
+    threading.Thread(target=read, name="probe find: stdin", daemon=True).start()
+    return await future
 
 
 async def _find_async(
@@ -377,46 +497,50 @@ async def _find_async(
     device: ModbusDevice,
     expect: float,
     tolerance: float,
-    start: int,
-    count: int,
+    block: _Block,
     factory: ClientFactory,
     lang: Language,
-    stdin: TextIO,
 ) -> int:
     prober = await _open(device, factory, args.rate, lang)
     if prober is None:
         return 1
-    finder = Finder(start, near=args.address)
+    finder = Finder(block.start, near=block.near)
+    stdin = sys.stdin
     try:
-        if expect == 0:
-            print(translate(lang, "probe.zero"), file=sys.stderr)
         while True:
+            if expect == 0:
+                print(translate(lang, "probe.zero"), file=sys.stderr)
             try:
-                registers = await prober.read_range(device.unit, args.table, start, count)
+                registers = await prober.read_range(
+                    device.unit, block.table, block.start, block.count, limit=args.max_registers
+                )
             except ProbeError as exc:
-                print(translate(lang, "probe.read_failed", problem=str(exc)), file=sys.stderr)
+                text = translate(lang, "probe.read_failed", problem=_say(lang, exc.problem))
+                print(text, file=sys.stderr)
                 return 1
             candidates = finder.add(registers, expect, tolerance)
-            _print_candidates(args, lang, candidates, len(finder.readings), start, count)
+            _print_candidates(args, lang, candidates, len(finder.readings), block)
             if not candidates:
                 print(translate(lang, "probe.none"))
                 return 1
             if len(candidates) == 1 and len(finder.readings) > 1:
                 return 0
-            interactive = stdin.isatty()
-            if interactive:
-                print(translate(lang, "probe.again"), end=" ", flush=True)
-            line = await asyncio.to_thread(stdin.readline)
-            if not line.strip():
-                return 0
-            try:
-                expect = parse_display(line)
-                tolerance = (
-                    args.tolerance if args.tolerance is not None else display_tolerance(line)
-                )
-            except ValueError:
-                print(translate(lang, "probe.not_a_number", text=line.strip()), file=sys.stderr)
-                return 2
+            while True:  # the next number on the display; a typo is asked again
+                if stdin.isatty():
+                    print(translate(lang, "probe.again"), end=" ", flush=True)
+                line = await _read_line(stdin)
+                if not line.strip():
+                    return 0
+                try:
+                    expect = parse_display(line)
+                    tolerance = (
+                        args.tolerance if args.tolerance is not None else display_tolerance(line)
+                    )
+                    break
+                except ValueError:
+                    print(translate(lang, "probe.not_a_number", text=line.strip()), file=sys.stderr)
+                    if not stdin.isatty():
+                        return 2
     finally:
         prober.close()
 
@@ -426,8 +550,7 @@ def _print_candidates(
     lang: Language,
     candidates: list[Candidate],
     readings: int,
-    start: int,
-    count: int,
+    block: _Block,
 ) -> None:
     print(
         translate(
@@ -435,23 +558,22 @@ def _print_candidates(
             "probe.found",
             count=len(candidates),
             readings=readings,
-            table=args.table,
-            first=start,
-            last=start + count - 1,
+            table=block.table,
+            first=block.start,
+            last=block.start + block.count - 1,
         )
     )
     for rank, candidate in enumerate(candidates[: args.top], 1):
         last = candidate.address + candidate.width - 1
-        where = (
-            str(candidate.address) if last == candidate.address else f"{candidate.address}–{last}"
-        )
+        first = candidate.address
+        where = str(first) if last == first else f"{first}–{last}"
         shows = " · ".join(f"{v:.6g}" for v in candidate.values)
         print(
             translate(
                 lang,
                 "probe.candidate",
                 rank=rank,
-                table=args.table,
+                table=block.table,
                 where=where,
                 type=candidate.type,
                 order=candidate.order,
@@ -460,7 +582,7 @@ def _print_candidates(
             )
         )
         snippet = yaml.safe_dump(
-            [candidate.signal(args.name, args.table)], default_flow_style=None, sort_keys=False
+            [candidate.signal(args.name, block.table)], default_flow_style=None, sort_keys=False
         ).strip()
         print(f"       {snippet}")
         if candidate.twins:
@@ -485,16 +607,20 @@ def _watch(args: argparse.Namespace, factory: ClientFactory = make_client) -> in
     try:
         if args.config is not None or args.machine is not None:
             if args.config is None or args.machine is None or args.signal:
-                raise ValueError("--config and --machine go together, without --signal")
+                raise _Bad("probe.bad_watch")
             device = _machine_device(args)
         else:
             if not args.signal:
-                raise ValueError("give at least one --signal, or --config and --machine")
+                raise _Bad("probe.bad_watch")
             device = _device(args, [parse_signal_spec(spec) for spec in args.signal])
-        if args.interval <= 0 or args.rate <= 0 or (args.rounds is not None and args.rounds < 1):
-            raise ValueError("--interval, --rate and --rounds must be above 0")
+        if not (math.isfinite(args.interval) and args.interval > 0):
+            raise _Bad("probe.bad_positive", option="--interval")
+        if not (math.isfinite(args.rate) and args.rate > 0):
+            raise _Bad("probe.bad_positive", option="--rate")
+        if args.rounds is not None and args.rounds < 1:
+            raise _Bad("probe.bad_positive", option="--rounds")
     except (ValidationError, ValueError, ConfigError) as exc:
-        return _problem(lang, exc)
+        return _refuse(lang, exc)
     try:
         return asyncio.run(_watch_async(args, device, factory, lang, sys.stdout))
     except KeyboardInterrupt:
@@ -504,12 +630,10 @@ def _watch(args: argparse.Namespace, factory: ClientFactory = make_client) -> in
 def _machine_device(args: argparse.Namespace) -> ModbusDevice:
     config = load_config(args.config)
     for machine in config.machines:
-        if machine.id == args.machine:
-            if machine.modbus is None:
-                raise ValueError(f"machine {args.machine!r} has no Modbus device")
+        if machine.id == args.machine and machine.modbus is not None:
             return machine.modbus
     known = ", ".join(m.id for m in config.machines if m.modbus)
-    raise ValueError(f"no machine {args.machine!r} with Modbus in {args.config}; known: {known}")
+    raise _Bad("probe.no_machine", machine=args.machine, config=str(args.config), known=known)
 
 
 async def _watch_async(
@@ -555,6 +679,8 @@ def _print_watch(
     for name, watched in watch.signals.items():
         signal = signals[name]
         where = f"{signal.wire_table} {signal.wire_address}"
+        if signal.bit is not None:
+            where += f".{signal.bit}"
         since = "" if watched.changed_at is None else f"{now - watched.changed_at:.0f} s"
         rows.append(
             (
@@ -575,7 +701,8 @@ def _print_watch(
     header = translate(
         lang, "probe.watching", link=_link_name(device), unit=device.unit, round=watch.rounds
     )
-    text = "\n".join([header, *lines, *watch.problems])
+    problems = [_say(lang, problem) for problem in watch.problems]
+    text = "\n".join([header, *lines, *problems])
     if redraw:
         out.write("\x1b[H\x1b[J" + text + "\n")
     else:

@@ -50,10 +50,22 @@ PROFILE_DEVICE_KEYS = frozenset(
         "poll_interval",
     }
 )
-# Keys of a signal that say where it is, and which order keys go together: an override giving
-# one of a group replaces the profile's whole group.
-_WHERE_KEYS = frozenset({"table", "address", "register"})
-_ORDER_KEYS = frozenset({"order", "byte_order", "word_order"})
+# An override's keys that replace other keys of the profile's signal besides themselves:
+# `register` says table and address at once; `table` or `address` replace a `register`; `order`
+# says both byte and word order, which replace it.
+_REPLACES = {
+    "register": ("table", "address"),
+    "table": ("register",),
+    "address": ("register",),
+    "order": ("byte_order", "word_order"),
+}
+# order shorthand → (byte_order, word_order), as the config reads it
+_ORDER_PARTS = {
+    "ABCD": ("big", "big"),
+    "CDAB": ("big", "little"),
+    "BADC": ("little", "big"),
+    "DCBA": ("little", "little"),
+}
 
 ProfileKind = Literal["energy-meter", "temperature-controller", "drive", "plc"]
 
@@ -148,9 +160,9 @@ def apply_profile(device: Mapping[str, Any]) -> dict[str, Any]:
     by_name = {str(s["name"]): s for s in profile.signals}
     chosen = device.get("profile_signals")
     if chosen is not None:
-        if not isinstance(chosen, list):
+        if not isinstance(chosen, list) or not all(isinstance(n, str) for n in chosen):
             raise ProfileError("profile_signals: a list of the profile's signal names")
-        missing = [str(n) for n in chosen if n not in by_name]
+        missing = [n for n in chosen if n not in by_name]
         if missing:
             raise ProfileError(
                 f"profile_signals: {', '.join(missing)} not in profile {profile.id!r} "
@@ -167,17 +179,26 @@ def apply_profile(device: Mapping[str, Any]) -> dict[str, Any]:
             signals.append(entry)
             continue
         overridden.add(str(entry["name"]))
-        combined = {
-            key: value
-            for key, value in base.items()
-            if not (key in _WHERE_KEYS and _WHERE_KEYS & entry.keys())
-            and not (key in _ORDER_KEYS and _ORDER_KEYS & entry.keys())
-        }
-        combined.update(entry)
-        signals.append(combined)
+        signals.append(_override(base, entry))
     wanted = set(chosen) if chosen is not None else set(by_name)
     signals.extend(
         dict(s) for s in profile.signals if s["name"] in wanted and s["name"] not in overridden
     )
     merged["signals"] = signals
     return merged
+
+
+def _override(base: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A profile's signal with a machine's keys over it: each key replaces itself and what it
+    also says (`register` the table and address, `order` the byte and word orders)."""
+    combined = dict(base)
+    if ("byte_order" in entry or "word_order" in entry) and "order" in combined:
+        # Half of the profile's order changes: the other half stays what the profile says.
+        byte_order, word_order = _ORDER_PARTS.get(str(combined.pop("order")).upper(), (None, None))
+        combined.setdefault("byte_order", byte_order)
+        combined.setdefault("word_order", word_order)
+    for key in entry:
+        for replaced in _REPLACES.get(key, ()):
+            combined.pop(replaced, None)
+    combined.update(entry)
+    return {k: v for k, v in combined.items() if v is not None or k in entry}

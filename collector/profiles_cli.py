@@ -67,6 +67,8 @@ def _profiles(args: argparse.Namespace) -> int:
     for entry in profile.signals:
         signal = Signal.model_validate(entry)
         where = f"{signal.wire_table} {signal.wire_address}"
+        if signal.bit is not None:
+            where += f".{signal.bit}"  # as `aguante probe watch` writes a bit
         how = signal.type + (f" {entry['order']}" if "order" in entry else "")
         scale = f" ×{signal.scale:g}" if signal.scale != 1.0 else ""
         unit = f" {signal.unit}" if signal.unit else ""

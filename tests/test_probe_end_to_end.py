@@ -158,10 +158,13 @@ async def _find_one(sim: Simulator, prober: Prober, machine_id: str, signal: Sim
         if _is_truth(candidates[0], signal):
             _check_snippet(candidates[0], signal, registers, value, text)
             return "exact"
-        narrower = _same_registers_narrower(candidates[0], signal)
-        if narrower and any(_is_truth(c, signal) for c in candidates) and len(finder.readings) >= 3:
-            return "narrower"
-        sim.advance(61)  # the worker waits for the display to change and types it again
+        sim.advance(997)  # the worker waits for the display to change, the machine to stop
+    if (
+        candidates
+        and _same_registers_narrower(candidates[0], signal)
+        and any(_is_truth(c, signal) for c in candidates)
+    ):
+        return "narrower"
     raise AssertionError(
         f"{machine_id}.{signal.name}: best {candidates[0] if candidates else None} "
         f"after {len(finder.readings)} readings"

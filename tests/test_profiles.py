@@ -86,6 +86,21 @@ signals:
     assert len(device.signals) == len(load_profile("eastron-sdm630").signals) + 1
 
 
+def test_an_override_of_one_key_keeps_the_others() -> None:
+    profile = {s["name"]: s for s in load_profile("eastron-sdm630").signals}
+    assert profile["voltage_l1"]["table"] == "input"
+    moved = _config("profile: eastron-sdm630\nsignals: [{name: voltage_l1, address: 100}]")
+    signal = {s.name: s for s in moved.machines[0].modbus.signals}["voltage_l1"]
+    assert (signal.table, signal.address, signal.type) == ("input", 100, "float32")
+    other_table = _config("profile: eastron-sdm630\nsignals: [{name: voltage_l1, table: holding}]")
+    signal = {s.name: s for s in other_table.machines[0].modbus.signals}["voltage_l1"]
+    assert (signal.table, signal.address) == ("holding", 0)
+    # Half of an order: the word order of a CDAB profile signal stays, its bytes swap.
+    swapped = _config("profile: delta-dvp\nsignals: [{name: part_count, byte_order: little}]")
+    parts = {s.name: s for s in swapped.machines[0].modbus.signals}["part_count"]
+    assert parts.orders == ("little", "little")
+
+
 def test_profile_signals_keeps_only_those() -> None:
     device = _config("profile: eastron-sdm120\nprofile_signals: [power, energy_import]")
     names = [s.name for s in device.machines[0].modbus.signals]
@@ -105,6 +120,11 @@ def test_profile_signals_keeps_only_those() -> None:
             "profile_signals: [power]\nsignals: [{name: a, table: holding, address: 0}]",
             "machines[0].modbus.profile_signals",
             "only with a `profile`",
+        ),
+        (
+            "profile: eastron-sdm120\nprofile_signals: [{name: power}]",
+            "machines[0].modbus.profile_signals",
+            "signal names",
         ),
         (
             "profile: eastron-sdm120\nsignals: [{name: voltage, scael: 2}]",
@@ -228,3 +248,18 @@ def test_a_signal_name_keeps_one_type_across_profiles() -> None:
         for entry in load_profile(profile_id).signals:
             kinds.setdefault(entry["name"], set()).add(Signal.model_validate(entry).field_kind)
     assert {name: k for name, k in kinds.items() if len(k) > 1} == {}
+
+
+def test_the_json_schema_takes_a_machine_that_only_names_its_profile() -> None:
+    import jsonschema
+
+    from collector.config import json_schema
+
+    schema = json_schema()
+    with_profile = yaml.safe_load(
+        BASE + "      profile: eastron-sdm120\n      signals: [{name: voltage, unit: kV}]\n"
+    )
+    jsonschema.validate(with_profile, schema)
+    neither = yaml.safe_load(BASE)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(neither, schema)

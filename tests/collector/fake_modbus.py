@@ -29,6 +29,8 @@ class FakeLink:
     # As a strict device: an address never `set` is exception 2, a table of a unit with none
     # set is exception 1, and a unit with no table at all does not answer.
     strict: bool = False
+    aligned: int = 0  # strict, and reads must start and end on multiples of this (Eastron: 2)
+    lose_every: int = 0  # every n-th request gets no answer (a noisy RS-485 line)
     requests: list[tuple[int, str, int, int]] = field(default_factory=list)
     connects: int = 0
     _connected: bool = False
@@ -70,7 +72,11 @@ class FakeLink:
             raise ModbusIOException("no response")
         if isinstance(fault, int):
             return FakeResponse(exception_code=fault)
+        if self.lose_every and len(self.requests) % self.lose_every == 0:
+            raise ModbusIOException("no response (lost on the line)")
         values = self.tables.get((unit, table), {})
+        if self.aligned and (address % self.aligned or count % self.aligned):
+            return FakeResponse(exception_code=2)
         if self.strict:
             if not any(u == unit for u, _ in self.tables):
                 raise ModbusIOException("no response")
