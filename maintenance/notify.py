@@ -13,18 +13,15 @@ import email.utils
 import inspect
 import json
 import logging
-import select
 import smtplib
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from email.message import EmailMessage
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import httpx
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from collector.config import (
     Config,
@@ -33,6 +30,7 @@ from collector.config import (
     MqttNotification,
     WebhookNotification,
 )
+from collector.mqtt_publish import BrokerLink, PublishError, describe, publish_all, tls_context
 from maintenance.model import Notice
 
 __all__ = [
@@ -59,10 +57,6 @@ MAX_RETRY_S = 3600  # ... up to this
 MAX_ATTEMPTS = 30  # failures before a notice is given up: with the delays above, about a day
 CONCURRENCY = 4  # targets sent to at once
 BODY_SAMPLE = 200  # characters of a refusing webhook's answer kept in the error
-
-# CONNACK reason codes that another try with the same settings cannot change (MQTT 5 numbering,
-# which paho 2 uses for 3.1.1 brokers too): bad protocol, client id, credentials, auth method.
-_MQTT_REFUSED_FOR_GOOD = frozenset({132, 133, 134, 135, 140})
 
 
 class NotifyError(Exception):
@@ -106,32 +100,14 @@ def _jsonable(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _describe(exc: BaseException) -> str:
-    """An exception as one line; some (timeouts, mostly) have no message of their own."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 # -- MQTT ---------------------------------------------------------------------------------------
-
-
-class _ClosingSSLSocket(ssl.SSLSocket):
-    """An SSL socket that closes itself when its handshake fails: paho 2.2 drops such a socket
-    without closing it (a ResourceWarning per failed attempt)."""
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except BaseException:
-            self.close()
-            raise
 
 
 class MqttNotifier:
     """Publishes each notice's payload as JSON (UTF-8) to the target's topic on the factory's
     broker (`mqtt:` of the config: URL, TLS, user name), QoS 1, not retained, and waits for the
     broker's PUBACK. One short connection per notice, in a worker thread: notices are few, and
-    nothing is left running between them.
+    nothing is left running between them (`collector.mqtt_publish`).
 
     The password comes from `environ["AGUANTE_MQTT_PASSWORD"]` (else from `mqtt.password`), the
     user name from AGUANTE_MQTT_USERNAME (else `mqtt.username`), as for the collector.
@@ -155,123 +131,30 @@ class MqttNotifier:
             raise ValueError(f"{self.name}: timeout must be above 0 s, not {timeout}")
         self.topic = target.topic
         self.url = mqtt.url
-        self.host, self.port = mqtt.host, mqtt.port
         self.timeout = timeout
-        self._username = environ.get("AGUANTE_MQTT_USERNAME") or mqtt.username
-        self._password = environ.get("AGUANTE_MQTT_PASSWORD") or mqtt.password
-        self._tls = self._tls_context(mqtt) if mqtt.use_tls else None
-
-    def _tls_context(self, mqtt: MqttConfig) -> ssl.SSLContext:
-        """As the collector connects: the CA of mqtt.tls or the system's, a client certificate
-        if given, the broker's certificate required, its host name checked unless insecure."""
-        tls = mqtt.tls
-        try:
-            context = ssl.create_default_context(cafile=tls.ca_file if tls else None)
-            if tls is not None and tls.cert_file is not None:
-                context.load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"{self.name}: cannot use the files of mqtt.tls: {exc}") from exc
-        context.check_hostname = not (tls and tls.insecure)
-        context.sslsocket_class = _ClosingSSLSocket
-        return context
+        self._link = BrokerLink(
+            mqtt.url,
+            username=environ.get("AGUANTE_MQTT_USERNAME") or mqtt.username,
+            password=environ.get("AGUANTE_MQTT_PASSWORD") or mqtt.password,
+            tls=mqtt.tls,
+            credentials_hint="AGUANTE_MQTT_USERNAME and AGUANTE_MQTT_PASSWORD",
+        )
+        self._tls = None
+        if mqtt.use_tls:
+            try:
+                self._tls = tls_context(mqtt.tls)
+            except ValueError as exc:
+                raise ValueError(f"{self.name}: cannot use the files of mqtt.tls: {exc}") from exc
 
     async def send(self, notice: Notice) -> None:
         body = _payload_json(notice, self.name)
         await asyncio.to_thread(self._publish, body)
 
-    def _fail(self, reason: str, *, retryable: bool) -> NotifyError:
-        return NotifyError(self.name, reason, retryable=retryable)
-
     def _publish(self, body: bytes) -> None:
-        deadline = time.monotonic() + self.timeout
-        # An empty client id: the broker names the connection (MQTT 3.1.1 with a clean session),
-        # so notifiers never take each other's or the collector's session.
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id="", clean_session=True, protocol=paho.MQTTv311
-        )
-        client.connect_timeout = self.timeout
-        if self._username is not None:
-            client.username_pw_set(self._username, self._password)
-        if self._tls is not None:
-            # paho reads check_hostname from the context: the context checks the host name
-            # (paho's own check uses ssl.match_hostname, gone from Python 3.12), or none does.
-            client.tls_set_context(self._tls)
-        refusals: list[Any] = []
-
-        def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-            if reason.is_failure:
-                refusals.append(reason)
-
-        client.on_connect = on_connect
         try:
-            try:
-                client.connect(self.host, self.port, keepalive=60)
-            except (OSError, ValueError) as exc:  # ssl errors are OSErrors
-                raise self._fail(
-                    f"cannot connect to {self.url}: {_describe(exc)}", retryable=True
-                ) from exc
-            self._pump(client, client.is_connected, deadline, refusals, "its acceptance")
-            message = client.publish(self.topic, body, qos=1, retain=False)
-            if message.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                raise self._fail(
-                    f"cannot publish to {self.topic!r}: {paho.error_string(message.rc)}",
-                    retryable=True,
-                )
-            self._pump(client, message.is_published, deadline, refusals, "its PUBACK")
-            client.disconnect()  # written at once: no loop thread here
-        finally:
-            sock = client.socket()
-            if sock is not None:
-                sock.close()
-
-    def _pump(
-        self,
-        client: paho.Client,
-        done: Callable[[], bool],
-        deadline: float,
-        refusals: list[Any],
-        awaited: str,
-    ) -> None:
-        """Run paho's socket work in this thread until `done()`, the deadline or a failure."""
-        while not done():
-            if refusals:
-                reason = refusals[0]
-                hint = (
-                    " (check AGUANTE_MQTT_USERNAME and AGUANTE_MQTT_PASSWORD)"
-                    if reason.value in (134, 135)
-                    else ""
-                )
-                raise self._fail(
-                    f"{self.url} refused the connection: {reason}{hint}",
-                    retryable=reason.value not in _MQTT_REFUSED_FOR_GOOD,
-                )
-            sock = client.socket()
-            remaining = deadline - time.monotonic()
-            if sock is None:
-                raise self._fail(
-                    f"{self.url} closed the connection before {awaited}", retryable=True
-                )
-            if remaining <= 0:
-                raise self._fail(
-                    f"{self.url} gave no answer within {self.timeout:g} s (waiting for {awaited})",
-                    retryable=True,
-                )
-            # Bytes already decrypted wait inside the SSL object, where select cannot see them.
-            pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-            writers = [sock] if client.want_write() else []
-            readable, writable, _ = select.select([sock], writers, [], 0 if pending else remaining)
-            rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-            if writable:
-                rc = client.loop_write()
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and (readable or pending):
-                rc = client.loop_read()
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                rc = client.loop_misc()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not refusals:
-                raise self._fail(
-                    f"lost the connection to {self.url} before {awaited}: {paho.error_string(rc)}",
-                    retryable=True,
-                )
+            publish_all(self._link, [(self.topic, body)], timeout=self.timeout, context=self._tls)
+        except PublishError as exc:
+            raise NotifyError(self.name, exc.reason, retryable=exc.retryable) from exc
 
 
 # -- webhook ------------------------------------------------------------------------------------
@@ -318,10 +201,10 @@ class WebhookNotifier:
             ) from exc
         except httpx.TransportError as exc:  # refused, reset, DNS, TLS
             raise NotifyError(
-                self.name, f"cannot reach {self.host}: {_describe(exc)}", retryable=True
+                self.name, f"cannot reach {self.host}: {describe(exc)}", retryable=True
             ) from exc
         except httpx.HTTPError as exc:
-            raise NotifyError(self.name, _describe(exc), retryable=False) from exc
+            raise NotifyError(self.name, describe(exc), retryable=False) from exc
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -440,7 +323,7 @@ class EmailNotifier:
             ) from exc
         except smtplib.SMTPNotSupportedError as exc:
             raise self._fail(
-                f"{self.server} does not offer what is needed: {_describe(exc)}", retryable=False
+                f"{self.server} does not offer what is needed: {describe(exc)}", retryable=False
             ) from exc
         except smtplib.SMTPRecipientsRefused as exc:
             answers = "; ".join(
@@ -457,7 +340,7 @@ class EmailNotifier:
             ) from exc
         except (smtplib.SMTPException, OSError) as exc:  # refused, reset, timeout, DNS, TLS
             raise self._fail(
-                f"cannot reach {self.server}: {_describe(exc)}", retryable=True
+                f"cannot reach {self.server}: {describe(exc)}", retryable=True
             ) from exc
         if refused:
             # Sent to the others: trying again would send it to them twice. Said, not retried.
