@@ -4,8 +4,8 @@ against the plainest paho subscriber, taking add-on boards' messages from Mosqui
 (kpi_bench.py) KPI queries over a year of minute rollups of 50 machines; then
 (maintenance_bench.py) maintenance rule cycles of 50 machines × 10 rules and the ticket API under
 20 clients; the durable buffer through a long outage (buffer_bench.py); Modbus RTU against the
-wire time (serial_bench.py); 1,000 devices on one core and the memory (scale_bench.py); rewrites
-benchmarks/RESULTS.md.
+wire time (serial_bench.py); 1,000 devices on one core and the memory (scale_bench.py); a network
+of 300 plants (network_bench.py); rewrites benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/run.py [--seconds 30] [--warmup 5] [--repeat 2] [--burst 50000]
         [--shapes plant,scale,mqtt-tasmota,mqtt-tasmota-burst,mqtt-plain,mqtt-plain-burst,kpi-year,
@@ -48,6 +48,7 @@ import buffer_bench  # noqa: E402  (benchmarks/, the script's own directory)
 import kpi_bench  # noqa: E402
 import maintenance_bench  # noqa: E402
 import mqtt_bench  # noqa: E402
+import network_bench  # noqa: E402
 import nodered  # noqa: E402
 import serial_bench  # noqa: E402
 from machine import machine_description  # noqa: E402
@@ -133,6 +134,7 @@ ALL_SHAPES = [
     SERIAL_SHAPE,
     SCALE_SHAPE,
     MEMORY_SHAPE,
+    network_bench.NETWORK_SHAPE,
 ]
 
 
@@ -732,6 +734,7 @@ def write_report(
     serial_result: serial_bench.SerialMeasurement | None = None,
     scale_result: Any = None,
     memory_result: Any = None,
+    network_result: network_bench.NetworkMeasurement | None = None,
 ) -> None:
     info = machine_description()
     lines = [
@@ -777,6 +780,8 @@ def write_report(
         import scale_bench
 
         lines += scale_bench.report_lines(scale_result, memory_result)
+    if network_result is not None:
+        lines += network_bench.report_lines(network_result)
     lines += _soak_section(path)
     path.write_text("\n".join(lines))
 
@@ -944,6 +949,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if MEMORY_SHAPE in args.shapes:
             print("== the collector's memory", flush=True)
             memory_result = scale_bench.run_memory(progress=lambda line: print(line, flush=True))
+        network_result = None
+        if network_bench.NETWORK_SHAPE in args.shapes:
+            network_result = network_bench.run_network(
+                plants=args.devices or 300, progress=lambda line: print(line, flush=True)
+            )
     except KeyboardInterrupt:
         print("interrupted; every process started was stopped", file=sys.stderr)
         return 130
@@ -959,6 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         serial_result=serial_result,
         scale_result=scale_result,
         memory_result=memory_result,
+        network_result=network_result,
     )
     print(f"wrote {args.output}")
     return 0

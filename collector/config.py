@@ -63,6 +63,7 @@ __all__ = [
     "MqttSignal",
     "MqttSubscription",
     "MqttTLS",
+    "NetworkSharing",
     "Notification",
     "Offline",
     "PartCounter",
@@ -133,12 +134,16 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "AGUANTE_SECRET_KEY": ("maintenance.web", "secret_key"),
     "AGUANTE_WEB_HOST": ("maintenance.web", "host"),
     "AGUANTE_WEB_PORT": ("maintenance.web", "port"),
+    "AGUANTE_NETWORK_URL": ("network", "url"),
+    "AGUANTE_NETWORK_USERNAME": ("network", "username"),
+    "AGUANTE_NETWORK_PASSWORD": ("network", "password"),
 }
 # Settings that only the environment may give: section → key → variable.
 _SECRETS = {
     "influxdb": {"password": "AGUANTE_INFLUXDB_PASSWORD", "token": "AGUANTE_INFLUXDB_TOKEN"},
     "mqtt": {"password": "AGUANTE_MQTT_PASSWORD"},
     "maintenance.web": {"secret_key": "AGUANTE_SECRET_KEY"},
+    "network": {"password": "AGUANTE_NETWORK_PASSWORD"},
 }
 
 
@@ -668,6 +673,65 @@ class MqttConfig(_Model):
     @property
     def use_tls(self) -> bool:
         return self.url.startswith("mqtts://") or self.tls is not None
+
+
+class NetworkSharing(_Model):
+    """What this plant shares with its network of plants, and how (docs/network.md). Nothing
+    leaves the plant without a `url`; by default only hourly rollups per process."""
+
+    url: str | None = Field(
+        None,
+        description="The network's MQTT broker, mqtts://host:8883; AGUANTE_NETWORK_URL. Left "
+        "out: nothing is shared.",
+    )
+    plant: Name | None = Field(
+        None, description="This plant's id in the network (its broker user); default: factory."
+    )
+    username: str | None = Field(None, description="Also AGUANTE_NETWORK_USERNAME.")
+    password: str | None = Field(None, description="Only from AGUANTE_NETWORK_PASSWORD.")
+    tls: MqttTLS | None = None
+    share: Literal["none", "groups", "machines"] = Field(
+        "groups",
+        description="groups: hourly rollups per process (or sector); machines: per machine too; "
+        "none: stop sharing (what was shared stays with the network).",
+    )
+    group_by: Literal["process", "sector"] = Field(
+        "process", description="Group machines by their `process` (else sector) or by sector."
+    )
+    named: bool = Field(
+        False, description="Show the plant under its name; otherwise under an alias only."
+    )
+    name: str | None = Field(None, description="The name to show when named (default: factory).")
+    since: dt.date | None = Field(None, description="Share no hour before this day.")
+    revise_hours: int = Field(
+        72,
+        ge=1,
+        le=24 * 31,
+        description="Hours sent again when they change (stop reasons given late).",
+    )
+    interval: float = Field(300.0, ge=5, le=3600, description="Seconds between sharing rounds.")
+    topic_prefix: str = Field("aguante/network", min_length=1)
+    partitions: int = Field(
+        1, ge=1, le=1024, description="As the network's config says (topics by plant hash)."
+    )
+    state_file: str = Field(
+        "aguante-network.json", description="What was shared, kept across restarts."
+    )
+    timeout: float = Field(30.0, gt=0, le=600, description="Seconds a round may wait.")
+
+    @field_validator("url")
+    @classmethod
+    def _network_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", url):
+            raise ValueError(f"{url!r} is not an MQTT URL, e.g. mqtts://red.example.org:8883")
+        return url.rstrip("/") if url else url
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
+            raise ValueError(f"{prefix!r}: a topic without + or # and without / at either end")
+        return prefix
 
 
 # -- capacity use: machine state, counters, shifts, stop reasons (docs/capacity.md) -------------
@@ -1239,6 +1303,11 @@ class Machine(_Model):
         default_factory=list, description="The machine's add-on boards publishing over MQTT."
     )
     kind: str | None = Field(None, description="What it is (press, lathe…): rules by kind.")
+    process: Name | None = Field(
+        None,
+        description="The process it serves (turning, pressing, printing…): what a network of "
+        "plants compares; default: its sector.",
+    )
     rated_per_hour: float | None = Field(
         None, gt=0, description="Parts per hour at rated speed: capacity and performance."
     )
@@ -1286,6 +1355,9 @@ class Config(_Model):
         description="Replaces the default list (docs/capacity.md) when given.",
     )
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+    network: NetworkSharing = Field(
+        default_factory=NetworkSharing, description="Sharing rollups with a network of plants."
+    )
     sectors: list[Sector] = Field(min_length=1)
     machines: list[Machine] = Field(min_length=1)
 

@@ -38,6 +38,7 @@ __all__ = [
     "losses_json",
     "losses_table",
     "parse_stop_id",
+    "reason_category",
     "reason_name",
     "reason_point",
     "resolve_reason",
@@ -263,6 +264,12 @@ def losses_by_reason(stops: Iterable[Stop], config: Config) -> Losses:
         by_category=_ordered(categories),
         total=total.loss("total"),
     )
+
+
+def reason_category(config: Config, reason_id: str) -> str:
+    """The category of a stop's reason: "unassigned" while none is given, "other" for a reason
+    no longer in the config."""
+    return _category(config, reason_id)
 
 
 def _category(config: Config, reason_id: str) -> str:

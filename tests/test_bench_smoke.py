@@ -39,3 +39,19 @@ def test_the_modbus_benchmark_runs_and_reports_numbers_for_each_contender(
     assert len(re.findall(r"\d+\.\d+ / \d+\.\d+", each)) == 2, each  # two rounds each
     requests = next(line for line in text.splitlines() if "Modbus requests per poll" in line)
     assert re.findall(r"\| (\d+\.\d+)", requests) == ["1.00", "1.00"], requests
+
+
+def test_the_network_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
+    argv = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "network_bench.py"),
+        "--plants", "3",
+        "--days", "1",
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lost = next(line for line in done.stdout.splitlines() if "**lost**" in line)
+    assert lost.rstrip().endswith("| **0** |"), lost
+    table = done.stdout.split("| dashboard panel |", 1)[1].splitlines()[2:]
+    panels = [line for line in table if line.startswith("| ")]
+    assert len(panels) == 5, done.stdout  # every panel of the network's dashboard was timed

@@ -49,6 +49,8 @@ COMMANDS = [
     "probe",
     "profiles",
     "init",
+    "share",
+    "network",
 ]
 
 

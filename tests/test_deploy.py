@@ -39,7 +39,7 @@ MOSQUITTO_DIR = ROOT / "deploy" / "mosquitto"
 SYSTEMD_DIR = ROOT / "deploy" / "systemd"
 PROVISIONING = ROOT / "dashboards" / "provisioning"
 LANGS = ("en", "es", "pt-BR")
-UNITS = ("aguante-collector.service", "aguante-maintenance.service")
+UNITS = ("aguante-collector.service", "aguante-maintenance.service", "aguante-share.service")
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}; `$$` is a literal $.
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")

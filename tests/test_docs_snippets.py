@@ -13,6 +13,7 @@ Rules, kept simple so a person writing docs can follow them:
 3. A YAML block for something else (a board's firmware) says so in its info string, e.g.
    ```` ```yaml esphome ````; it is checked only for being well-formed YAML (ESPHome's own tags
    such as ``!secret`` and ``!lambda`` allowed). Its second word must be in `OTHER_YAML`.
+   A network's file (```` ```yaml network ````) must validate as one.
 4. Every ``aguante <command> [<action>]`` written in code (fenced blocks and `inline code`) is a
    real command of `collector.cli.build_parser()`, and every ``--option`` after it on the same
    line is one that command accepts. Shell comments are skipped, and so is ``aguante`` as a user
@@ -34,11 +35,19 @@ import yaml
 
 from collector.cli import build_parser
 from collector.config import ConfigError, config_warnings, parse_config
+from network.config import parse_network
 
 ROOT = Path(__file__).parent.parent
 DOCS = [
     ROOT / "docs" / name
-    for name in ("retrofit.md", "install.md", "setup.md", "setup.es.md", "setup.pt-BR.md")
+    for name in (
+        "retrofit.md",
+        "install.md",
+        "setup.md",
+        "setup.es.md",
+        "setup.pt-BR.md",
+        "network.md",
+    )
 ]
 
 FRAGMENT_FACTORY = "factory: ejemplo\n"
@@ -49,7 +58,7 @@ FRAGMENT_SECTORS = (
     "  - {id: assembly, name: Armado}\n"
 )
 # Info-string second words of YAML blocks that are not aguante's.
-OTHER_YAML = {"esphome"}
+OTHER_YAML = {"esphome", "network"}
 
 _FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 _INLINE = re.compile(r"`([^`\n]+)`")
@@ -145,6 +154,11 @@ def test_other_yaml_is_named_and_well_formed(block: Block) -> None:
     assert isinstance(data, dict), block.where
     if kind == "esphome":
         assert "esphome" in data, f"{block.where}: an ESPHome file starts with `esphome:`"
+    if kind == "network":  # a network's file (docs/network.md): the network side's own model
+        try:
+            parse_network(block.text, source=block.where, environ={})
+        except ConfigError as exc:
+            pytest.fail(f"{block.where}: the network file does not validate:\n{exc}")
 
 
 def test_a_wrong_snippet_is_caught() -> None:

@@ -85,7 +85,7 @@ def test_all_problems_are_reported_together() -> None:
         "'uint16', 'int32', 'uint32', 'int64', 'uint64', 'float32', 'float64' or 'string'",
         "  poll: unknown key (hint: known keys: factory, timezone, influxdb, mqtt, "
         "stats_interval, language, state_file, buffer, calendar, stop_reasons, maintenance, "
-        "sectors, machines)",
+        "network, sectors, machines)",
     ]
 
 

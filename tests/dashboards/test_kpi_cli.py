@@ -376,7 +376,7 @@ def test_a_broken_config_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert (code, out) == (1, "")
     assert err == f"{path}: 1 problem(s)\n  colour: unknown key (hint: known keys: " + (
         "factory, timezone, influxdb, mqtt, stats_interval, language, state_file, buffer, "
-        "calendar, stop_reasons, maintenance, sectors, machines)\n"
+        "calendar, stop_reasons, maintenance, network, sectors, machines)\n"
     )
     missing = tmp_path / "nowhere.yaml"
     code, out, err = run(capsys, missing, "--from", "2026-03-02", "--to", "2026-03-02")
