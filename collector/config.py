@@ -709,6 +709,13 @@ class NetworkSharing(_Model):
         le=24 * 31,
         description="Hours sent again when they change (stop reasons given late).",
     )
+    backfill_days: int = Field(
+        31,
+        ge=1,
+        le=3660,
+        description="With no record of what was sent (the first start, a lost state file), "
+        "hours this many days back are sent (the network overwrites what it has).",
+    )
     interval: float = Field(300.0, ge=5, le=3600, description="Seconds between sharing rounds.")
     topic_prefix: str = Field("aguante/network", min_length=1)
     partitions: int = Field(

@@ -74,8 +74,11 @@ class BrokerLink:
     username: str | None = None
     password: str | None = None
     tls: MqttTLS | None = None
-    client_id: str = ""  # empty: the broker names a clean session (MQTT 3.1.1)
+    client_id: str = ""  # empty: the broker names a clean session
     credentials_hint: str = ""
+    # MQTT 5: the broker says in each PUBACK whether it took the message (a 3.1.1 broker
+    # acknowledges a publish its ACL refused, and the message is gone without a word).
+    mqtt5: bool = False
 
     @property
     def host(self) -> str:
@@ -101,12 +104,17 @@ def publish_all(
     """Publish (topic, payload) pairs at QoS 1, not retained, and return once the broker
     acknowledged every one; PublishError otherwise. `timeout` bounds the whole call."""
     deadline = time.monotonic() + timeout
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=link.client_id,
-        clean_session=True,
-        protocol=paho.MQTTv311,
-    )
+    if link.mqtt5:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=link.client_id, protocol=paho.MQTTv5
+        )
+    else:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=link.client_id,
+            clean_session=True,
+            protocol=paho.MQTTv311,
+        )
     client.connect_timeout = timeout
     # Many messages in flight at once: a batch after a long outage should not wait for each
     # PUBACK in turn (the broker keeps its own limit on what it takes unacknowledged).
@@ -119,12 +127,18 @@ def publish_all(
         # own check uses ssl.match_hostname, gone from Python 3.12), or none does.
         client.tls_set_context(context or tls_context(link.tls))
     refusals: list[Any] = []
+    refused_messages: dict[int, Any] = {}
 
     def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             refusals.append(reason)
 
+    def on_publish(_c: paho.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        if getattr(reason, "is_failure", False):  # MQTT 5: "Not authorized", "Quota exceeded"…
+            refused_messages[mid] = reason
+
     client.on_connect = on_connect
+    client.on_publish = on_publish
     try:
         try:
             client.connect(link.host, link.port, keepalive=60)
@@ -146,6 +160,16 @@ def publish_all(
             return all(info.is_published() for info in sent)
 
         _pump(link, client, all_acknowledged, deadline, refusals, "its PUBACKs", timeout)
+        if refused_messages:
+            reason = next(iter(refused_messages.values()))
+            topics = sorted(
+                {messages[i][0] for i, info in enumerate(sent) if info.mid in refused_messages}
+            )
+            raise PublishError(
+                f"{link.url} refused {len(refused_messages)} message(s) to {', '.join(topics)}: "
+                f"{reason} (check the broker's ACL for this user)",
+                retryable=False,
+            )
         client.disconnect()  # written at once: no loop thread here
     finally:
         sock = client.socket()

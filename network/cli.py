@@ -38,7 +38,7 @@ def register_share(commands: Any) -> None:
     share.add_argument("config", type=Path, help="the factory YAML file")
     share.add_argument("--once", action="store_true", help="one round, then exit")
     share.add_argument(
-        "--resend", action="store_true", help="forget what was sent: the recent hours again"
+        "--resend", action="store_true", help="forget what was sent: network.backfill_days again"
     )
     share.add_argument("--lang", choices=LANGUAGES, help="language of the output")
     share.set_defaults(func=_share)
@@ -90,7 +90,11 @@ def _share(args: argparse.Namespace) -> int:
     state = Path(sharing.state_file)
     if args.resend:
         remove_state(state)
-    publisher = MqttPublisher(config, os.environ)
+    try:
+        publisher = MqttPublisher(config, os.environ)
+    except ValueError as exc:  # the TLS files cannot be used
+        print(f"{args.config}: network.tls: {exc}", file=sys.stderr)
+        return 1
 
     async def run() -> int:
         stop = asyncio.Event()
@@ -104,6 +108,10 @@ def _share(args: argparse.Namespace) -> int:
                 try:
                     result = await asyncio.to_thread(sharer.round)
                 except (PublishError, QueryError) as exc:
+                    if isinstance(exc, PublishError) and not exc.retryable:
+                        # Credentials or ACL: no round will do better until a person fixes it.
+                        log.error("the network's broker refuses this plant: %s", exc)
+                        return 1
                     if not failing or args.once:
                         log.warning("nothing more shared this round: %s", exc)
                     failing = True

@@ -102,6 +102,13 @@ class NetworkConfig(_Model):
             raise ValueError(f"{value!r} is not a time zone") from None
         return value
 
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
+            raise ValueError(f"{prefix!r}: a topic without + or # and without / at either end")
+        return prefix
+
     @model_validator(mode="after")
     def _consistent(self) -> NetworkConfig:
         ids = [p.id for p in self.plants]

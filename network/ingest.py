@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.config import InfluxDBConfig
-from collector.lineprotocol import encode_point
+from collector.lineprotocol import InvalidPointError, encode_point
 from collector.mqtt_publish import tls_context
 from collector.schema import Point
 from collector.sinks import RejectedWriteError, WriteError
@@ -58,13 +59,21 @@ class BadMessage(ValueError):
     """A message no plant of this network sends: why, in a few words."""
 
 
-def alias_of(network: str, plant: str) -> str:
-    """The name a plant that chose not to be named is shown under: stable, not its id."""
-    return "plant-" + hashlib.sha256(f"{network}:{plant}".encode()).hexdigest()[:6]
+def alias_of(network: str, plant: str, key: str = "") -> str:
+    """The key a plant's points are stored under, and the name it is shown by when it chose
+    not to be named: stable, and not its id. With `key` (AGUANTE_NETWORK_ALIAS_KEY, known to
+    the network service only) nobody who knows the plants' ids can work the aliases out."""
+    secret = (key or network).encode()
+    return "plant-" + hmac.new(secret, plant.encode(), hashlib.sha256).hexdigest()[:8]
 
 
-def message_points(config: NetworkConfig, topic: str, body: bytes) -> list[Point]:
-    """The points of one plant-hour message; BadMessage when it is not one."""
+def message_points(
+    config: NetworkConfig, topic: str, body: bytes, *, alias_key: str = ""
+) -> list[Point]:
+    """The points of one plant-hour message; BadMessage when it is not one. Every point of a
+    plant is stored under its alias (a name it chose is a field, `name`, "" when none): a
+    plant that starts or stops being named, or renames itself, keeps one series per group, and
+    no plant can write over another by taking its name."""
     parts = topic.split("/")
     prefix = config.topic_prefix.split("/")
     if len(parts) != len(prefix) + 3 or parts[: len(prefix)] != prefix or parts[-1] != "hourly":
@@ -84,25 +93,32 @@ def message_points(config: NetworkConfig, topic: str, body: bytes) -> list[Point
     if not isinstance(hour, int) or isinstance(hour, bool) or hour % HOUR_MS or hour < 0:
         raise BadMessage("hour is not the start of an hour in UTC milliseconds")
     name = data.get("name")
-    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 100):
-        raise BadMessage("name is not a short text")
-    shown = name if name else alias_of(config.network, plant_id)
+    if name is not None and (
+        not isinstance(name, str)
+        or not 0 < len(name) <= 100
+        or not name.isprintable()
+        or "\\" in name
+    ):
+        raise BadMessage("name is not a short line of text")
+    shown = alias_of(config.network, plant_id, alias_key)
     groups = data.get("groups")
     if not isinstance(groups, list):
         raise BadMessage("groups is not a list")
     points = []
     for group in groups:
-        points.append(_group_point(config, shown, hour, group))
+        points.append(_group_point(config, shown, name or "", hour, group))
     return points
 
 
-def _group_point(config: NetworkConfig, plant: str, hour: int, group: Any) -> Point:
+def _group_point(
+    config: NetworkConfig, plant: str, plant_name: str, hour: int, group: Any
+) -> Point:
     if not isinstance(group, dict):
         raise BadMessage("a group is not a mapping")
     name, kind = group.get("group"), group.get("kind")
     if not isinstance(name, str) or not _NAME.match(name) or kind not in _KINDS:
         raise BadMessage("a group has no valid name or kind")
-    fields: dict[str, float | int] = {}
+    fields: dict[str, float | int | str] = {"name": plant_name}
     machines = group.get("machines")
     if not isinstance(machines, int) or isinstance(machines, bool) or machines < 0:
         raise BadMessage("machines is not a count")
@@ -167,6 +183,7 @@ class Ingester:
         self._generation = 0
         self._connected = asyncio.Event()
         self._logged_bad: set[str] = set()
+        self._alias_key = environ.get("AGUANTE_NETWORK_ALIAS_KEY", "")
 
     @property
     def topics(self) -> list[str]:
@@ -206,9 +223,9 @@ class Ingester:
 
     def _make_client(self) -> paho.Client:
         broker = self.config.broker
+        # One fixed id per service: the broker keeps what this service's subscriptions match
+        # while it is away. Several services sharing the partitions each set their own.
         client_id = broker.client_id or f"aguante-network-{self.config.network}"
-        if self.config.take_partitions is not None:
-            client_id += "-" + "-".join(str(n) for n in self.config.take_partitions)
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -305,11 +322,14 @@ class Ingester:
         for message in batch:
             self.stats.received += 1
             try:
-                points = message_points(self.config, message.topic, message.body)
-            except BadMessage as exc:
+                points = message_points(
+                    self.config, message.topic, message.body, alias_key=self._alias_key
+                )
+                encoded = [encode_point(point) for point in points]
+            except (BadMessage, InvalidPointError) as exc:
                 self._bad(message.topic, str(exc))
                 continue
-            lines.extend(encode_point(point) for point in points)
+            lines.extend(encoded)
             self.stats.points += len(points)
         delay, longest = self._retry
         while lines:
@@ -324,7 +344,9 @@ class Ingester:
                     return  # not acknowledged: the broker sends them again at the next start
                 self.stats.retries += 1
                 log.warning("cannot store in InfluxDB (%s); trying again in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()  # a stop ends the wait, and nothing is acknowledged
                 delay = min(delay * 2, longest)
         for message in batch:
             message.ack()

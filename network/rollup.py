@@ -34,6 +34,7 @@ COUNTS = ("produced", "rejected", "capacity")
 # Every category of stop reason, and the lost time no reason was given for yet.
 CATEGORIES = ("demand", "supply", "machine", "people", "planned", "other", UNASSIGNED)
 FORMAT_VERSION = 1
+STOP_LOOKBACK_MS = 31 * 24 * HOUR_MS  # the longest stop whose hours are still shared
 
 
 @dataclass
@@ -111,9 +112,8 @@ def plant_hours(db: InfluxQL, config: Config, start_ms: int, end_ms: int) -> dic
         if group is None:
             return found
         for kind in kinds:
+            # A machine with no `process` counts under its sector's name as its process.
             key = (group if kind != "machine" else machine, kind)
-            if kind == "process" and not _has_process(config, machine):
-                key = (group, "sector")
             entry = hours.setdefault(hour, {}).get(key)
             if entry is None:
                 entry = hours[hour][key] = GroupHour(key[0], key[1])
@@ -129,24 +129,30 @@ def plant_hours(db: InfluxQL, config: Config, start_ms: int, end_ms: int) -> dic
             for entry in bucket(int(row["time"]), machine):
                 for key in SECONDS + COUNTS:
                     entry.sums[key] += float(row.get(key) or 0.0)
-    for stop in list_stops(db, config, start_ms, end_ms, include_micro=True):
-        hour = stop.start_ms - stop.start_ms % HOUR_MS
-        if hour not in hours:
-            continue  # an hour with no rollups is not shared at all
+    # A stop's lost time is spread over the hours it spans, in proportion to its time in each:
+    # a fortnight without orders shows in every hour of the fortnight, not in its first.
+    # Stops that began up to STOP_LOOKBACK_MS before the window still reach into it.
+    for stop in list_stops(db, config, start_ms - STOP_LOOKBACK_MS, end_ms):  # no micro-stops
+        first = stop.start_ms
+        last = first + int(max(stop.duration_s, stop.lost_s) * 1000)
+        if last <= start_ms or stop.lost_s <= 0:
+            continue
         category = reason_category(config, stop.reason)
-        for entry in bucket(hour, stop.machine):
-            entry.lost_s[category] += stop.lost_s
+        span = last - first
+        hour = first - first % HOUR_MS
+        while hour < min(last, end_ms):
+            inside = min(last, hour + HOUR_MS) - max(first, hour)
+            if hour in hours and inside > 0:  # an hour with no rollups is not shared at all
+                share = stop.lost_s * (inside / span if span > 0 else 1.0)
+                for entry in bucket(hour, stop.machine):
+                    entry.lost_s[category] += share
+            hour += HOUR_MS
     shared: dict[int, PlantHour] = {}
     for hour, groups in sorted(hours.items()):
         for (group, kind), entry in groups.items():
             entry.machines = len(machines_seen.get((hour, group, kind), ()))
         shared[hour] = PlantHour(plant, name, hour, list(groups.values()))
     return shared
-
-
-def _has_process(config: Config, machine_id: str) -> bool:
-    machine = next((m for m in config.machines if m.id == machine_id), None)
-    return machine is not None and machine.process is not None
 
 
 def _hourly_sums(config: Config, start_ms: int, end_ms: int) -> str:

@@ -28,8 +28,8 @@ from typing import Protocol
 
 from collector.config import Config, NetworkSharing
 from collector.influxql import InfluxQL
-from collector.mqtt_publish import BrokerLink, publish_all
-from network.rollup import HOUR_MS, PlantHour, plant_hours
+from collector.mqtt_publish import BrokerLink, publish_all, tls_context
+from network.rollup import HOUR_MS, GroupHour, PlantHour, plant_hours
 
 __all__ = [
     "CHUNK",
@@ -84,10 +84,12 @@ class MqttPublisher:
             password=environ.get("AGUANTE_NETWORK_PASSWORD") or sharing.password,
             tls=sharing.tls,
             credentials_hint="AGUANTE_NETWORK_USERNAME and AGUANTE_NETWORK_PASSWORD",
+            mqtt5=True,  # a refused publish must say so: the hours would be marked sent
         )
+        self.context = tls_context(sharing.tls) if self.link.uses_tls else None  # ValueError
 
     def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
-        publish_all(self.link, messages, timeout=self.timeout)
+        publish_all(self.link, messages, timeout=self.timeout, context=self.context)
 
 
 @dataclass
@@ -97,23 +99,31 @@ class ShareState:
 
     cursor_ms: int | None = None
     digests: dict[int, str] = field(default_factory=dict)
+    # The groups each recent hour was sent with: a group gone since (a process renamed, a
+    # machine moved) is sent again with zeros, or the network would count its hours twice.
+    groups: dict[int, list[list[str]]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> ShareState:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(data.get("cursor_ms"), {int(k): str(v) for k, v in data["digests"].items()})
+            return cls(
+                data.get("cursor_ms"),
+                {int(k): str(v) for k, v in data["digests"].items()},
+                {int(k): [list(g) for g in v] for k, v in data.get("groups", {}).items()},
+            )
         except FileNotFoundError:
             return cls()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            # A damaged file costs a resend of the revision window, never a loss: start again.
-            log.warning("%s cannot be read (%s); sending the recent hours again", path, exc)
+            # A damaged file costs a resend of network.backfill_days: start again from there.
+            log.warning("%s cannot be read (%s); sending the last days again", path, exc)
             return cls()
 
     def save(self, path: Path) -> None:
         data = {
             "cursor_ms": self.cursor_ms,
             "digests": {str(k): v for k, v in self.digests.items()},
+            "groups": {str(k): v for k, v in self.groups.items()},
         }
         temporary = path.with_name(path.name + ".tmp")
         with temporary.open("w", encoding="utf-8") as file:
@@ -157,19 +167,30 @@ class Sharer:
     def round(self) -> RoundResult:
         """Send every hour the network lacks or has an older version of. Raises
         PublishError (nothing more is marked sent) or QueryError."""
-        if self.sharing.share == "none":
-            return RoundResult(0, 0, self.state.cursor_ms, skipped="share: none")
         end = self.now_ms() - GRACE_MS
         end -= end % HOUR_MS  # hours before this one are over and summed
+        if self.sharing.share == "none":
+            # A pause: the hours of the pause stay home, also when sharing starts again.
+            if self.state.cursor_ms is not None and self.state.cursor_ms < end:
+                self.state.cursor_ms = end
+                self.state.save(self.state_path)
+            return RoundResult(0, 0, self.state.cursor_ms, skipped="share: none")
         revise = self.sharing.revise_hours * HOUR_MS
         start = end - revise
         if self.state.cursor_ms is not None:
             start = min(start, self.state.cursor_ms)
+        else:  # nothing known of what the network has: the last days again, to be sure
+            start = min(start, end - self.sharing.backfill_days * 24 * HOUR_MS)
         if self.sharing.since is not None:
             start = max(start, _local_midnight_ms(self.sharing.since, self.config.timezone))
         if start >= end:
             return RoundResult(0, 0, self.state.cursor_ms)
         hours = plant_hours(self.db, self.config, start, end)
+        for hour in hours.values():
+            present = {(g.group, g.kind) for g in hour.groups}
+            for group, kind in self.state.groups.get(hour.hour_ms, []):
+                if (group, kind) not in present:
+                    hour.groups.append(GroupHour(group, kind))  # zeros over what was sent
         due = [h for h in hours.values() if self.state.digests.get(h.hour_ms) != h.digest()]
         topic = topic_of(self.sharing, self.plant)
         for first in range(0, len(due), CHUNK):
@@ -177,12 +198,14 @@ class Sharer:
             self.publisher.publish([(topic, hour.body()) for hour in chunk])
             for hour in chunk:
                 self.state.digests[hour.hour_ms] = hour.digest()
+                self.state.groups[hour.hour_ms] = sorted([g.group, g.kind] for g in hour.groups)
             # Acknowledged up to here: a failure after this chunk resumes after it.
             self.state.cursor_ms = max(self.state.cursor_ms or start, chunk[-1].hour_ms)
             self.state.save(self.state_path)
         self.state.cursor_ms = end
         keep_from = end - revise
         self.state.digests = {h: d for h, d in self.state.digests.items() if h >= keep_from}
+        self.state.groups = {h: g for h, g in self.state.groups.items() if h >= keep_from}
         self.state.save(self.state_path)
         return RoundResult(len(hours), len(due), end)
 

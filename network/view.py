@@ -94,7 +94,8 @@ def network_dashboard(config: NetworkConfig, language: Language) -> dict[str, An
     short = (
         f"SELECT sum({quote_ident('running_s')}) / sum({quote_ident('planned_s')})"
         f" AS {quote_ident('use')},"
-        f" sum({quote_ident('lost_demand_s')}) / 3600 AS {quote_ident('free_h')}"
+        f" sum({quote_ident('lost_demand_s')}) / 3600 AS {quote_ident('free_h')},"
+        f" last({quote_ident('name')}) AS {quote_ident('name')}"
         f" FROM {source} WHERE {_GROUPS} AND {quote_ident('planned_s')} > 0 AND $timeFilter"
         f" GROUP BY {quote_ident('plant')}"
     )
@@ -127,6 +128,13 @@ def network_dashboard(config: NetworkConfig, language: Language) -> dict[str, An
                     "matcher": {"id": "byName", "options": "plant"},
                     "properties": [{"id": "displayName", "value": t("column.plant")}],
                 },
+                {
+                    "matcher": {"id": "byName", "options": "name"},
+                    "properties": [
+                        {"id": "displayName", "value": t("column.name")},
+                        {"id": "custom.cellOptions", "value": {"type": "auto"}},
+                    ],
+                },
             ],
             options={"sortBy": [{"displayName": t("column.use"), "desc": True}]},
         ),
@@ -134,7 +142,8 @@ def network_dashboard(config: NetworkConfig, language: Language) -> dict[str, An
         10,
     )
     by_process = (
-        f"SELECT sum({quote_ident('lost_demand_s')}) / 3600 AS {quote_ident('free_h')}"
+        f"SELECT sum({quote_ident('lost_demand_s')}) / 3600 AS {quote_ident('free_h')},"
+        f" last({quote_ident('name')}) AS {quote_ident('name')}"
         f" FROM {source} WHERE {_PROCESSES} AND $timeFilter"
         f" GROUP BY {quote_ident('plant')}, {quote_ident('group')}"
     )
@@ -151,7 +160,7 @@ def network_dashboard(config: NetworkConfig, language: Language) -> dict[str, An
                     "matcher": {"id": "byName", "options": name},
                     "properties": [{"id": "displayName", "value": t(f"column.{name}")}],
                 }
-                for name in ("plant", "group", "free_h")
+                for name in ("plant", "name", "group", "free_h")
             ],
             options={"sortBy": [{"displayName": t("column.free_h"), "desc": True}]},
         ),
@@ -167,7 +176,7 @@ def network_dashboard(config: NetworkConfig, language: Language) -> dict[str, An
         panel(
             "timeseries",
             "losses",
-            [_target(lost)],
+            [_target(lost, alias="$col")],
             unit="h",
             defaults={"custom": _WEEKLY_BARS},
             overrides=[

@@ -33,6 +33,7 @@ class Plant:
     share: str = "groups"
     named: bool = False
     group_by: str = "process"
+    revise_hours: int = 48
     machines: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
     def config(
@@ -45,7 +46,7 @@ class Plant:
             "share": self.share,
             "named": self.named,
             "group_by": self.group_by,
-            "revise_hours": 48,
+            "revise_hours": self.revise_hours,
             "state_file": state_file,
             "timeout": 20,
         }

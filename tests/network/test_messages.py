@@ -54,14 +54,12 @@ def test_a_plant_hour_becomes_one_point_per_group() -> None:
     }
     assert point.fields["planned_s"] == 7200.0 and point.fields["lost_demand_s"] == 1800.0
     assert point.fields["machines"] == 2
-    assert set(point.fields) == {
-        *SECONDS,
-        *COUNTS,
-        "machines",
-        *(f"lost_{c}_s" for c in CATEGORIES),
-    }
+    lost = {f"lost_{c}_s" for c in CATEGORIES}
+    assert set(point.fields) == {*SECONDS, *COUNTS, "machines", "name", *lost}
+    assert point.fields["name"] == ""
     named = message_points(config, _topic(), json.dumps(_message(name="Coop A")).encode())
-    assert named[0].tags["plant"] == "Coop A"
+    assert named[0].tags["plant"] == point.tags["plant"]  # one series, named or not
+    assert named[0].fields["name"] == "Coop A"
 
 
 @pytest.mark.parametrize(
@@ -74,7 +72,9 @@ def test_a_plant_hour_becomes_one_point_per_group() -> None:
         (_topic(), _message(hour=1_700_000_000_001), "start of an hour"),
         (_topic(), _message(groups={}), "not a list"),
         (_topic(), _message(groups=[{"group": "a b", "kind": "process"}]), "valid name"),
-        (_topic(), _message(name=""), "short text"),
+        (_topic(), _message(name=""), "short line"),
+        (_topic(), _message(name="Coop A\\"), "short line"),
+        (_topic(), _message(name="Coop\nA"), "short line"),
     ],
 )
 def test_what_no_plant_sends_is_refused(topic: str, payload: dict[str, Any], words: str) -> None:

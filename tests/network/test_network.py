@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from collector.config import Config
+from collector.config import Config, parse_config
 from collector.influxql import InfluxQL
 from collector.mqtt_publish import BrokerLink, PublishError, publish_all
 from collector.schema import Point
@@ -51,6 +51,7 @@ PLANTS = [
         "coop-b",
         share="machines",
         group_by="sector",
+        revise_hours=3,  # an outage longer than this is caught up from the cursor alone
         machines={"press-7": ("stamping", "pressing"), "oven-2": ("heat", "baking")},
     ),
     Plant("coop-c", share="none", machines={"printer-1": ("print", "printing")}),
@@ -152,15 +153,19 @@ def _clock() -> Callable[[], int]:
 
 
 def _shown(plant: PlantSide) -> str:
+    return alias_of(NETWORK, plant.plant.id)  # every plant's key: named or not
+
+
+def _name(plant: PlantSide) -> str:
     sharing = plant.config.network
-    return (
-        (sharing.name or plant.config.factory)
-        if sharing.named
-        else alias_of(NETWORK, plant.plant.id)
-    )
+    return (sharing.name or plant.config.factory) if sharing.named else ""
 
 
-def _expected(plant: PlantSide, end_ms: int) -> dict[tuple[str, str, str, int], dict[str, float]]:
+A = alias_of(NETWORK, "coop-a")
+B = alias_of(NETWORK, "coop-b")
+
+
+def _expected(plant: PlantSide, end_ms: int) -> dict[tuple[str, str, str, int], dict[str, Any]]:
     """What the network must hold of a plant: its rollups as the plant itself computes them."""
     if plant.config.network.share == "none":
         return {}
@@ -170,11 +175,12 @@ def _expected(plant: PlantSide, end_ms: int) -> dict[tuple[str, str, str, int], 
             fields = {k: group.sums[k] for k in SECONDS + COUNTS}
             fields.update({f"lost_{c}_s": group.lost_s[c] for c in CATEGORIES})
             fields["machines"] = group.machines
+            fields["name"] = _name(plant)
             expected[(_shown(plant), group.group, group.kind, hour.hour_ms)] = fields
     return expected
 
 
-def _stored(network: Network) -> dict[tuple[str, str, str, int], dict[str, float]]:
+def _stored(network: Network) -> dict[tuple[str, str, str, int], dict[str, Any]]:
     rows = network.server.query(
         f'SELECT * FROM "{MEASUREMENT}" GROUP BY "plant", "group", "kind"', database="network"
     )
@@ -196,9 +202,10 @@ def _ms(value: Any) -> int:
     return round(moment.timestamp() * 1000)
 
 
-def _same(stored: dict[str, float], expected: dict[str, float]) -> bool:
+def _same(stored: dict[str, Any], expected: dict[str, Any]) -> bool:
     return set(stored) == set(expected) and all(
-        math.isclose(float(stored[k]), float(v), abs_tol=0.01) for k, v in expected.items()
+        stored[k] == v if isinstance(v, str) else math.isclose(float(stored[k]), v, abs_tol=0.01)
+        for k, v in expected.items()
     )
 
 
@@ -208,10 +215,10 @@ async def _rounds(plants: dict[str, PlantSide]) -> None:
 
 
 async def _converged(network: Network, plants: dict[str, PlantSide], end_ms: int) -> None:
-    expected: dict[tuple[str, str, str, int], dict[str, float]] = {}
+    expected: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     for side in plants.values():
         expected.update(_expected(side, end_ms))
-    stored: dict[tuple[str, str, str, int], dict[str, float]] = {}
+    stored: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     try:
         async with asyncio.timeout(30):
             while True:
@@ -245,8 +252,8 @@ async def test_what_each_plant_shares_arrives_whole(
     stored = _stored(network)
     assert len(stored) > 100
     kinds = {(plant, kind) for plant, _, kind, _ in stored}
-    assert ("Cooperativa COOP-A", "process") in kinds and ("Cooperativa COOP-A", "sector") in kinds
-    assert (alias_of(NETWORK, "coop-b"), "machine") in kinds  # coop-b shares its machines too
+    assert {kind for plant, kind in kinds if plant == A} == {"process"}  # saw-1: its sector
+    assert (B, "machine") in kinds  # coop-b shares its machines too
     assert network.ingester.stats.bad == 0
 
 
@@ -257,9 +264,11 @@ async def test_a_cut_link_loses_nothing_and_doubles_nothing(
     end = FIRST_HOUR + HOURS * HOUR_MS
     await _converged(network, plants, end)
     network.broker.stop()
-    # While the link is down: six more hours of work, and reasons given to yesterday's stops.
-    a = plants["coop-a"]
+    # While the link is down: six more hours of work (longer than coop-b's revision window:
+    # only its cursor brings them), and reasons given to yesterday's stops at coop-a.
+    a, b = plants["coop-a"], plants["coop-b"]
     await write(a.config, history(a.config, end, 6, seed=99))
+    await write(b.config, history(b.config, end, 6, seed=98))
     stops = a.server.query('SELECT * FROM "stop" WHERE "reason" = \'\'', database="coop_a")
     assert stops, "the seed left stops without a reason"
     late = [
@@ -287,7 +296,7 @@ async def test_a_cut_link_loses_nothing_and_doubles_nothing(
     finally:
         _NOW["ms"] -= 6 * HOUR_MS
     stored = _stored(network)
-    hours = {key[3] for key in stored if key[0] == "Cooperativa COOP-A"}
+    hours = {key[3] for key in stored if key[0] == A}
     assert max(hours) == end + 5 * HOUR_MS
 
 
@@ -350,14 +359,21 @@ async def test_what_a_plant_did_not_share_is_nowhere(
     field_keys = {
         row["fieldKey"] for row in q(f'SHOW FIELD KEYS FROM "{MEASUREMENT}"', database="network")
     }
-    allowed = {*SECONDS, *COUNTS, "machines", *(f"lost_{c}_s" for c in CATEGORIES)}
+    allowed = {*SECONDS, *COUNTS, "machines", "name", *(f"lost_{c}_s" for c in CATEGORIES)}
     assert field_keys == allowed  # no raw signal, no reason, no person
     values: dict[str, set[str]] = {}
     for key in ("plant", "group", "kind"):
         rows = q(f'SHOW TAG VALUES FROM "{MEASUREMENT}" WITH KEY = "{key}"', database="network")
         values[key] = {row["value"] for row in rows}
     # coop-c shares nothing; coop-b is under its alias, never its id; coop-a by its name.
-    assert values["plant"] == {"Cooperativa COOP-A", alias_of(NETWORK, "coop-b")}
+    assert values["plant"] == {A, B}  # every plant under its alias
+    names = {
+        row["plant"]: row["last"]
+        for row in q(
+            f'SELECT last("name") FROM "{MEASUREMENT}" GROUP BY "plant"', database="network"
+        )
+    }
+    assert names == {A: "Cooperativa COOP-A", B: ""}  # a name only for the plant that gave it
     every_text = " ".join(sorted(set().union(*values.values())))
     assert "coop-c" not in every_text and "printer" not in every_text
     assert "coop-b" not in every_text
@@ -365,8 +381,7 @@ async def test_what_a_plant_did_not_share_is_nowhere(
     a_groups = {
         row["group"]
         for row in q(
-            f'SELECT * FROM "{MEASUREMENT}" WHERE "plant" = \'Cooperativa COOP-A\''
-            ' GROUP BY "group"',
+            f'SELECT * FROM "{MEASUREMENT}" WHERE "plant" = \'{A}\' GROUP BY "group"',
             database="network",
         )
     }
@@ -440,3 +455,109 @@ async def test_the_commands_share_store_and_show(
     text = out.decode()
     assert show.returncode == 0, text
     assert "Free capacity by process" in text and "Cooperativa COOP-A" in text
+
+
+async def test_a_refused_publish_is_not_taken_for_sent(
+    network: Network, plants: dict[str, PlantSide]
+) -> None:
+    # coop-a logs in as coop-b: the broker's ACL lets coop-b write only coop-b's topic, and says
+    # so in its PUBACK (MQTT 5): nothing may be marked sent.
+    a = plants["coop-a"]
+    wrong = MqttPublisher(
+        a.config,
+        {"AGUANTE_NETWORK_USERNAME": "coop-b", "AGUANTE_NETWORK_PASSWORD": PASSWORDS["coop-b"]},
+    )
+    sharer = Sharer(a.config, a.db, wrong, a.sharer.state_path, now_ms=_clock())
+    with pytest.raises(PublishError) as refused:
+        await asyncio.to_thread(sharer.round)
+    assert not refused.value.retryable and "refused" in str(refused.value)
+    assert sharer.state.cursor_ms is None and not a.sharer.state_path.exists()
+    assert _stored(network) == {}
+
+
+async def test_a_renamed_process_and_a_lost_state_double_nothing(
+    network: Network, plants: dict[str, PlantSide], tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    a = plants["coop-a"]
+    await _rounds(plants)
+    end = FIRST_HOUR + HOURS * HOUR_MS
+    await _converged(network, plants, end)
+    # The plant renames a process (turning → torneado): the old group's hours are zeroed, so the
+    # network's sums over coop-a stay what the plant itself has.
+    data = a.config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for machine in data["machines"]:
+        if machine.get("process") == "turning":
+            machine["process"] = "torneado"
+    renamed = parse_config(yaml.safe_dump(data), environ={})
+    state = a.sharer.state_path
+    env = {"AGUANTE_NETWORK_PASSWORD": PASSWORDS["coop-a"]}
+    sharer = Sharer(renamed, a.db, MqttPublisher(renamed, env), state, now_ms=_clock())
+    await asyncio.to_thread(sharer.round)
+
+    def planned(plant: str) -> float:
+        rows = network.server.query(
+            f'SELECT sum("planned_s") FROM "{MEASUREMENT}" WHERE "plant" = \'{plant}\'',
+            database="network",
+        )
+        return float(rows[0]["sum"]) if rows else 0.0
+
+    truth = sum(
+        sum(g.sums["planned_s"] for g in hour.groups)
+        for hour in plant_hours(a.db, renamed, FIRST_HOUR, end).values()
+    )
+
+    def renamed_hours() -> int:
+        rows = network.server.query(
+            f'SELECT count("planned_s") FROM "{MEASUREMENT}" WHERE "group" = \'torneado\'',
+            database="network",
+        )
+        return int(rows[0]["count"]) if rows else 0
+
+    expected_hours = sum(
+        1
+        for hour in plant_hours(a.db, renamed, FIRST_HOUR, end).values()
+        for g in hour.groups
+        if g.group == "torneado"
+    )
+    async with asyncio.timeout(20):
+        while renamed_hours() < expected_hours:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)  # the rest of the batch
+    # Without the zeros, turning's old hours would add to torneado's: twice the planned time.
+    assert math.isclose(planned(A), truth, abs_tol=1)
+    # The state file lost: the last days go again, and still nothing doubles.
+    state.write_text("{damaged")
+    again = Sharer(renamed, a.db, MqttPublisher(renamed, env), state, now_ms=_clock())
+    result = await asyncio.to_thread(again.round)
+    assert result.sent >= HOURS
+    await asyncio.sleep(1.0)
+    assert math.isclose(planned(A), truth, abs_tol=1)
+
+
+async def test_a_long_stop_counts_in_every_hour_it_spans(
+    network: Network, plants: dict[str, PlantSide]
+) -> None:
+    a = plants["coop-a"]
+    start = FIRST_HOUR + 10 * HOUR_MS  # three whole hours of press-1 without orders
+    long_stop = Point(
+        "stop",
+        {"factory": "coop-a", "sector": "stamping", "machine": "press-1"},
+        {
+            "duration_s": 3 * 3600.0,
+            "lost_s": 3 * 3600.0,
+            "state": "idle",
+            "open": False,
+            "micro": False,
+            "reason": "no_orders",
+        },
+        start,
+    )
+    await write(a.config, [long_stop])
+    await _rounds(plants)
+    await _converged(network, plants, FIRST_HOUR + HOURS * HOUR_MS)
+    rows = network.server.query(
+        f'SELECT "lost_demand_s" FROM "{MEASUREMENT}" WHERE "plant" = \'{A}\''
+        f" AND \"group\" = 'pressing' AND time >= {start}ms AND time < {start + 3 * HOUR_MS}ms",
+        database="network",
+    )
+    assert len(rows) == 3 and all(row["lost_demand_s"] >= 3600 - 0.01 for row in rows)
