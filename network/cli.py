@@ -186,11 +186,12 @@ def _run(args: argparse.Namespace) -> int:
         await ingester.run(stop)
         stats = ingester.stats
         log.info(
-            "network %s stopped: %d messages stored (%d points), %d dropped",
+            "network %s stopped: %d messages stored (%d points), %d dropped, %d waiting at most",
             config.network,
             stats.stored,
             stats.points,
             stats.bad,
+            stats.largest_backlog,
         )
 
     asyncio.run(run())

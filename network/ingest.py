@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import re
-import time
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,8 +49,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MEASUREMENT = "plant_hourly"
-BATCH = 1000  # messages written at once
-BATCH_WAIT = 0.5  # seconds to gather more messages behind the first
+BATCH = 1000  # messages written at once, at most
+# Messages taken from the broker and not yet stored, at most: past it, paho's thread waits
+# (reading nothing more from the socket), so a catch-up of many plants stays at the broker
+# instead of in this process's memory. Brokers do not all honour an in-flight limit.
+MAX_BACKLOG = 5000
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _KINDS = ("process", "sector", "machine")
 
@@ -152,6 +155,7 @@ class IngestStats:
     points: int = 0
     bad: int = 0
     retries: int = 0
+    largest_backlog: int = 0  # messages received and not yet stored, at the most
     bad_by_plant: dict[str, int] = field(default_factory=dict)
 
 
@@ -183,6 +187,8 @@ class Ingester:
         self._generation = 0
         self._connected = asyncio.Event()
         self._logged_bad: set[str] = set()
+        self._room = threading.Semaphore(MAX_BACKLOG)
+        self._stopping = False
         self._alias_key = environ.get("AGUANTE_NETWORK_ALIAS_KEY", "")
 
     @property
@@ -210,6 +216,7 @@ class Ingester:
                     if batch:
                         await self._store(sink, batch, stop)
         finally:
+            self._stopping = True  # paho's thread stops waiting for room
             client.disconnect()
             client.loop_stop()
             self._client = None
@@ -279,6 +286,10 @@ class Ingester:
             if qos > 0 and generation == self._generation:
                 client.ack(mid, qos)
 
+        # Wait for room (paho's thread only): the broker keeps what this process cannot hold.
+        while not self._room.acquire(timeout=1.0):
+            if self._stopping:
+                return  # not acknowledged: the broker sends it again at the next start
         item = _Message(message.topic, bytes(message.payload), ack)
         loop, queue = self._loop, self._queue
         if loop is not None and queue is not None:
@@ -304,16 +315,11 @@ class Ingester:
         if getter not in done or getter.cancelled():
             return batch
         batch.append(getter.result())
-        deadline = time.monotonic() + BATCH_WAIT
-        while len(batch) < BATCH:
-            if queue.empty():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(remaining):
-                        batch.append(await queue.get())
-                continue
+        self.stats.largest_backlog = max(self.stats.largest_backlog, queue.qsize() + 1)
+        # What has arrived, and no more waiting: the broker sends only so many unacknowledged
+        # messages (Mosquitto: max_inflight_messages, 20 by default), so waiting for more would
+        # only wait for the acknowledgements this batch is about to give.
+        while len(batch) < BATCH and not queue.empty():
             batch.append(queue.get_nowait())
         return batch
 
@@ -350,6 +356,7 @@ class Ingester:
                 delay = min(delay * 2, longest)
         for message in batch:
             message.ack()
+            self._room.release()
         self.stats.stored += len(batch)
 
     def _bad(self, topic: str, why: str) -> None:

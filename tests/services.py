@@ -258,8 +258,11 @@ class Mosquitto(_Service):
         require_certificate: bool = False,
         users: Mapping[str, str] | None = None,
         acls: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(root, executable, "install Mosquitto (Debian: apt-get install mosquitto)")
+        # Lines of mosquitto.conf over the defaults below, e.g. {"max_inflight_messages": "1000"}.
+        self.settings = dict(settings or {})
         if require_certificate and tls is None:
             raise ValueError("require_certificate needs tls")
         for user in users or {}:
@@ -295,6 +298,9 @@ class Mosquitto(_Service):
             "log_type error",
             "log_type warning",
             "max_queued_messages 100000",
+        ]
+        lines = [line for line in lines if line.split(" ", 1)[0] not in self.settings] + [
+            f"{key} {value}" for key, value in self.settings.items()
         ]
         if self.tls is not None:
             lines += [
