@@ -83,7 +83,9 @@ __all__ = [
     "json_schema",
     "load_config",
     "modicon_address",
+    "mqtt_url",
     "parse_config",
+    "topic_prefix",
     "validation_problems",
 ]
 
@@ -658,9 +660,7 @@ class MqttConfig(_Model):
     @field_validator("url")
     @classmethod
     def _mqtt_url(cls, url: str) -> str:
-        if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", url):
-            raise ValueError(f"{url!r} is not an MQTT URL, e.g. mqtt://127.0.0.1:1883")
-        return url.rstrip("/")
+        return mqtt_url(url)
 
     @property
     def host(self) -> str:
@@ -729,16 +729,26 @@ class NetworkSharing(_Model):
     @field_validator("url")
     @classmethod
     def _network_url(cls, url: str | None) -> str | None:
-        if url is not None and not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", url):
-            raise ValueError(f"{url!r} is not an MQTT URL, e.g. mqtts://red.example.org:8883")
-        return url.rstrip("/") if url else url
+        return url if url is None else mqtt_url(url)
 
     @field_validator("topic_prefix")
     @classmethod
     def _prefix(cls, prefix: str) -> str:
-        if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
-            raise ValueError(f"{prefix!r}: a topic without + or # and without / at either end")
-        return prefix
+        return topic_prefix(prefix)
+
+
+def mqtt_url(url: str) -> str:
+    """An mqtt:// or mqtts:// URL of a broker, without a trailing slash; ValueError else."""
+    if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", url):
+        raise ValueError(f"{url!r} is not an MQTT URL, e.g. mqtt://127.0.0.1:1883")
+    return url.rstrip("/")
+
+
+def topic_prefix(prefix: str) -> str:
+    """The first levels of a network's topics: no wildcard, no / at either end."""
+    if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
+        raise ValueError(f"{prefix!r}: a topic without + or # and without / at either end")
+    return prefix
 
 
 # -- capacity use: machine state, counters, shifts, stop reasons (docs/capacity.md) -------------

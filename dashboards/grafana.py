@@ -39,6 +39,7 @@ __all__ = [
     "DATASOURCE_UID",
     "build_dashboards",
     "default_config",
+    "panel_json",
     "panels_of",
     "write_dashboards",
 ]
@@ -141,6 +142,32 @@ def _bars(display: str = "basic", calcs: Sequence[str] = ("lastNotNull",)) -> di
         "orientation": "horizontal",
         "displayMode": display,
     }
+
+
+def panel_json(
+    kind: str,
+    title: str,
+    description: str,
+    targets: list[dict[str, Any]],
+    *,
+    unit: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A panel of the JSON model: `defaults`, `overrides` and `options` go where Grafana reads
+    them, anything else at the panel's top level (timeFrom, timeShift, transformations…)."""
+    defaults: dict[str, Any] = {"unit": unit}
+    defaults.update(extra.pop("defaults", {}))
+    panel: dict[str, Any] = {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": dict(DATASOURCE),
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": extra.pop("overrides", [])},
+        "options": extra.pop("options", {}),
+    }
+    panel.update(extra)
+    return panel
 
 
 @dataclass
@@ -288,19 +315,8 @@ class _Builder:
         unit: str,
         **extra: Any,
     ) -> dict[str, Any]:
-        defaults: dict[str, Any] = {"unit": unit}
-        defaults.update(extra.pop("defaults", {}))
-        panel: dict[str, Any] = {
-            "type": kind,
-            "title": self.t(f"panel.{key}"),
-            "description": self.t(f"panel.{key}.description"),
-            "datasource": dict(DATASOURCE),
-            "targets": targets,
-            "fieldConfig": {"defaults": defaults, "overrides": extra.pop("overrides", [])},
-            "options": extra.pop("options", {}),
-        }
-        panel.update(extra)
-        return panel
+        title, description = self.t(f"panel.{key}"), self.t(f"panel.{key}.description")
+        return panel_json(kind, title, description, targets, unit=unit, **extra)
 
     def state_mappings(self) -> list[dict[str, Any]]:
         options = {

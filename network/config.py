@@ -6,7 +6,6 @@ AGUANTE_INFLUXDB_PASSWORD / AGUANTE_INFLUXDB_TOKEN, as for a plant."""
 from __future__ import annotations
 
 import os
-import re
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +21,8 @@ from collector.config import (
     Language,
     MqttTLS,
     Name,
+    mqtt_url,
+    topic_prefix,
     validation_problems,
 )
 
@@ -60,9 +61,7 @@ class NetworkBroker(_Model):
     @field_validator("url")
     @classmethod
     def _mqtt_url(cls, url: str) -> str:
-        if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", url):
-            raise ValueError(f"{url!r} is not an MQTT URL, e.g. mqtts://red.example.org:8883")
-        return url.rstrip("/")
+        return mqtt_url(url)
 
 
 class NetworkPlant(_Model):
@@ -105,9 +104,7 @@ class NetworkConfig(_Model):
     @field_validator("topic_prefix")
     @classmethod
     def _prefix(cls, prefix: str) -> str:
-        if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
-            raise ValueError(f"{prefix!r}: a topic without + or # and without / at either end")
-        return prefix
+        return topic_prefix(prefix)
 
     @model_validator(mode="after")
     def _consistent(self) -> NetworkConfig:

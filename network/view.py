@@ -17,12 +17,12 @@ from typing import Any
 from collector.i18n import Language, translate
 from collector.influxql import quote_ident, quote_string
 from dashboards.grafana import (
-    DATASOURCE,
     SCHEMA_VERSION,
     _builtin_annotations,
     _Layout,
     _target,
     _thresholds,
+    panel_json,
 )
 from network.config import NetworkConfig
 from network.ingest import MEASUREMENT
@@ -57,19 +57,8 @@ def network_dashboard(config: NetworkConfig, language: Language) -> dict[str, An
     layout = _Layout()
 
     def panel(kind: str, key: str, targets: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        defaults: dict[str, Any] = {"unit": extra.pop("unit")}
-        defaults.update(extra.pop("defaults", {}))
-        found: dict[str, Any] = {
-            "type": kind,
-            "title": t(f"panel.{key}"),
-            "description": t(f"panel.{key}.description"),
-            "datasource": dict(DATASOURCE),
-            "targets": targets,
-            "fieldConfig": {"defaults": defaults, "overrides": extra.pop("overrides", [])},
-            "options": extra.pop("options", {}),
-        }
-        found.update(extra)
-        return found
+        title, description = t(f"panel.{key}"), t(f"panel.{key}.description")
+        return panel_json(kind, title, description, targets, **extra)
 
     free = (
         f"SELECT sum({quote_ident('lost_demand_s')}) / 3600 AS {quote_ident('free_h')}"
