@@ -21,7 +21,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from collector.config import MqttTLS
 
-__all__ = ["BrokerLink", "PublishError", "describe", "publish_all", "tls_context"]
+__all__ = [
+    "REFUSED_FOR_GOOD",
+    "BrokerLink",
+    "PublishError",
+    "describe",
+    "publish_all",
+    "tls_context",
+]
 
 # CONNACK reason codes that another try with the same settings cannot change (MQTT 5 numbering,
 # which paho 2 uses for 3.1.1 brokers too): bad protocol, client id, credentials, auth method.

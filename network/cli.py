@@ -171,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     if config is None:
         return 1
 
-    async def run() -> None:
+    async def run() -> str | None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -193,9 +193,10 @@ def _run(args: argparse.Namespace) -> int:
             stats.bad,
             stats.largest_backlog,
         )
+        return ingester.refused
 
-    asyncio.run(run())
-    return 0
+    refused = asyncio.run(run())
+    return 1 if refused else 0
 
 
 def _dashboard(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.config import InfluxDBConfig
 from collector.lineprotocol import InvalidPointError, encode_point
-from collector.mqtt_publish import tls_context
+from collector.mqtt_publish import REFUSED_FOR_GOOD, tls_context
 from collector.schema import Point
 from collector.sinks import RejectedWriteError, WriteError
 from collector.sinks.influxdb import InfluxDBSink
@@ -189,6 +189,8 @@ class Ingester:
         self._logged_bad: set[str] = set()
         self._room = threading.Semaphore(MAX_BACKLOG)
         self._stopping = False
+        self._stop: asyncio.Event | None = None
+        self.refused: str | None = None  # why the broker will not take this service, for good
         self._alias_key = environ.get("AGUANTE_NETWORK_ALIAS_KEY", "")
 
     @property
@@ -203,6 +205,7 @@ class Ingester:
         """Until `stop` is set: take, store, acknowledge."""
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
+        self._stop = stop
         client = self._make_client()
         self._client = client
         broker = self.config.broker
@@ -257,6 +260,14 @@ class Ingester:
 
     def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
+            if reason.value in REFUSED_FOR_GOOD:  # credentials: no retry will do better
+                self.refused = f"{self.config.broker.url} refused the network service: {reason}"
+                log.error("%s (check AGUANTE_NETWORK_USERNAME and _PASSWORD)", self.refused)
+                loop, stop = self._loop, self._stop
+                if loop is not None and stop is not None:
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(stop.set)
+                return
             log.warning("%s refused the network service: %s", self.config.broker.url, reason)
             return
         self._generation += 1

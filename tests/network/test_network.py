@@ -561,3 +561,25 @@ async def test_a_long_stop_counts_in_every_hour_it_spans(
         database="network",
     )
     assert len(rows) == 3 and all(row["lost_demand_s"] >= 3600 - 0.01 for row in rows)
+
+
+async def test_the_network_service_stops_when_its_login_is_refused(
+    start_broker: Callable[..., Mosquitto], start_influxdb: Callable[..., InfluxDB]
+) -> None:
+    broker = start_broker(users=PASSWORDS)
+    server = start_influxdb()
+    config = parse_network(
+        yaml.safe_dump(
+            {
+                "network": NETWORK,
+                "broker": {"url": broker.url},
+                "influxdb": {"url": server.url, "database": "red"},
+                "plants": [{"id": "coop-a"}],
+            }
+        ),
+        environ={},
+    )
+    wrong = {"AGUANTE_NETWORK_USERNAME": "red", "AGUANTE_NETWORK_PASSWORD": "not-it"}
+    ingester = Ingester(config, wrong)
+    await asyncio.wait_for(ingester.run(asyncio.Event()), 20)  # ends by itself
+    assert ingester.refused is not None and "refused" in ingester.refused
