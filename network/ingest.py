@@ -36,6 +36,7 @@ from collector.sinks import RejectedWriteError, WriteError
 from collector.sinks.influxdb import InfluxDBSink
 from network.config import NetworkConfig
 from network.rollup import CATEGORIES, COUNTS, HOUR_MS, SECONDS
+from network.share import partition_of
 
 __all__ = [
     "MEASUREMENT",
@@ -56,6 +57,7 @@ BATCH = 1000  # messages written at once, at most
 MAX_BACKLOG = 5000
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _KINDS = ("process", "sector", "machine")
+_WRONG_PARTITION: set[str] = set()  # plants already said to publish on another partition
 
 
 class BadMessage(ValueError):
@@ -84,6 +86,20 @@ def message_points(
     plant_id = parts[-2]
     if config.plant(plant_id) is None:
         raise BadMessage(f"plant {plant_id!r} is not a member of {config.network}")
+    partition = parts[-3]
+    expected = partition_of(plant_id, config.partitions)
+    if partition != str(expected) and plant_id not in _WRONG_PARTITION:
+        # Stored all the same (it arrived, and was acknowledged to the plant), but said once:
+        # with take_partitions, the plant's next messages may go where no service listens.
+        _WRONG_PARTITION.add(plant_id)
+        log.warning(
+            "%s: partition %s, not %d: the plant's network.partitions differs from the "
+            "network's (%d)",
+            plant_id,
+            partition,
+            expected,
+            config.partitions,
+        )
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):

@@ -193,6 +193,10 @@ class Sharer:
                     hour.groups.append(GroupHour(group, kind))  # zeros over what was sent
         due = [h for h in hours.values() if self.state.digests.get(h.hour_ms) != h.digest()]
         topic = topic_of(self.sharing, self.plant)
+        if not due:
+            # Nothing to send: log in all the same, so a refused password shows at once and
+            # not on the day there is something to share.
+            self.publisher.publish([])
         for first in range(0, len(due), CHUNK):
             chunk: list[PlantHour] = due[first : first + CHUNK]
             self.publisher.publish([(topic, hour.body()) for hour in chunk])

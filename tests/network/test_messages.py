@@ -197,3 +197,17 @@ def test_the_network_dashboard_is_the_same_in_every_language_but_its_words() -> 
             grid = panel["gridPos"]
             assert grid["x"] + grid["w"] <= 24
             assert all("$timeFilter" in t["query"] for t in panel["targets"])
+
+
+def test_a_plant_on_another_partition_is_stored_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = _network()
+    right = partition_of("coop-b", 4)
+    topic = f"aguante/network/{(right + 1) % 4}/coop-b/hourly"
+    with caplog.at_level("WARNING", logger="network.ingest"):
+        for _ in range(3):
+            points = message_points(config, topic, json.dumps(_message("coop-b")).encode())
+            assert len(points) == 1
+    said = [r for r in caplog.records if "partition" in r.getMessage()]
+    assert len(said) == 1 and "coop-b" in said[0].getMessage()

@@ -583,3 +583,17 @@ async def test_the_network_service_stops_when_its_login_is_refused(
     ingester = Ingester(config, wrong)
     await asyncio.wait_for(ingester.run(asyncio.Event()), 20)  # ends by itself
     assert ingester.refused is not None and "refused" in ingester.refused
+
+
+async def test_a_refused_password_shows_even_when_nothing_is_due(
+    network: Network, plants: dict[str, PlantSide]
+) -> None:
+    a = plants["coop-a"]
+    await asyncio.to_thread(a.sharer.round)
+    again = await asyncio.to_thread(a.sharer.round)
+    assert again.sent == 0  # nothing due
+    wrong = MqttPublisher(a.config, {"AGUANTE_NETWORK_PASSWORD": "not-it"})
+    sharer = Sharer(a.config, a.db, wrong, a.sharer.state_path, now_ms=_clock())
+    with pytest.raises(PublishError) as refused:
+        await asyncio.to_thread(sharer.round)
+    assert not refused.value.retryable
