@@ -79,6 +79,7 @@ __all__ = [
     "Threshold",
     "WebConfig",
     "WebhookNotification",
+    "apply_environment",
     "config_warnings",
     "json_schema",
     "load_config",
@@ -1693,12 +1694,32 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
             [ConfigProblem("", "the file must be a mapping with factory, sectors, machines")],
         )
     data = _fresh(data)
+    problems = apply_environment(data, _SECRETS, ENV_OVERRIDES, environ)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems(exc))
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def apply_environment(
+    data: dict[str, Any],
+    secrets: Mapping[str, Mapping[str, str]],
+    overrides: Mapping[str, tuple[str, str]],
+    environ: Mapping[str, str],
+) -> list[ConfigProblem]:
+    """Put the environment's settings into a loaded file (`overrides`: variable → (section,
+    key), sections as dotted paths) and return a problem for each secret the file holds itself
+    (`secrets`: section → key → the variable it must come from). For a factory file and for a
+    network's file alike."""
     problems: list[ConfigProblem] = []
-    for section, secrets in _SECRETS.items():
+    for section, keys in secrets.items():
         block = _block(data, section, create=False)
         if not isinstance(block, dict):
             continue
-        for key, env_name in secrets.items():
+        for key, env_name in keys.items():
             if block.get(key) is not None:
                 problems.append(
                     ConfigProblem(
@@ -1707,19 +1728,13 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
                         f"remove it and set {env_name} in the environment",
                     )
                 )
-    for env_name, (section, key) in ENV_OVERRIDES.items():
+    for env_name, (section, key) in overrides.items():
         value = environ.get(env_name)
         if value:
             block = _block(data, section, create=True)
             if isinstance(block, dict):
                 block[key] = value
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        problems.extend(_problems(exc))
-    if problems:
-        raise ConfigError(source, problems)
-    return config
+    return problems
 
 
 def _block(data: dict[str, Any], section: str, *, create: bool) -> Any:

@@ -21,6 +21,7 @@ from collector.config import (
     Language,
     MqttTLS,
     Name,
+    apply_environment,
     mqtt_url,
     topic_prefix,
     validation_problems,
@@ -39,9 +40,8 @@ _ENV = {
     "AGUANTE_INFLUXDB_TOKEN": ("influxdb", "token"),
 }
 _SECRETS = {
-    ("broker", "password"): "AGUANTE_NETWORK_PASSWORD",
-    ("influxdb", "password"): "AGUANTE_INFLUXDB_PASSWORD",
-    ("influxdb", "token"): "AGUANTE_INFLUXDB_TOKEN",
+    "broker": {"password": "AGUANTE_NETWORK_PASSWORD"},
+    "influxdb": {"password": "AGUANTE_INFLUXDB_PASSWORD", "token": "AGUANTE_INFLUXDB_TOKEN"},
 }
 
 
@@ -149,23 +149,7 @@ def parse_network(
         raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {exc}")]) from None
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("", "a mapping with network, broker, plants")])
-    problems: list[ConfigProblem] = []
-    for (section, key), variable in _SECRETS.items():
-        block = data.get(section)
-        if isinstance(block, dict) and block.get(key) is not None:
-            problems.append(
-                ConfigProblem(
-                    f"{section}.{key}",
-                    "secrets are not read from the file",
-                    f"remove it and set {variable} in the environment",
-                )
-            )
-    for variable, (section, key) in _ENV.items():
-        value = environ.get(variable)
-        if value:
-            block = data.setdefault(section, {})
-            if isinstance(block, dict):
-                block[key] = value
+    problems = apply_environment(data, _SECRETS, _ENV, environ)
     try:
         config = NetworkConfig.model_validate(data)
     except ValidationError as exc:
