@@ -5,7 +5,7 @@ many small calls), on the MQTT benchmark's own payloads.
     .venv/bin/python benchmarks/stages_mqtt.py [--messages 20000] [--rounds 5]
 
 No broker or InfluxDB: the stages are called directly, as the collector calls them. The
-hand-over (the source's paho callback on the event loop → its inbox → its iterator, in turns of
+hand-over (the source's paho callback on the event loop → its inbox → its consumer, in turns of
 READ_BURST messages as in a burst) is timed with `handle` left out. What no stage here covers —
 paho reading and decoding packets, the acks, the HTTP POSTs, the event loop's turns — is the
 difference between these sums and the benchmark's CPU per message.
@@ -14,7 +14,6 @@ difference between these sums and the benchmark's CPU per message.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import sys
@@ -60,32 +59,32 @@ def cpu_us(function: Callable[[], object], count: int, rounds: int) -> float:
 
 
 def handover_us(config: Config, raw: list[paho.MQTTMessage], rounds: int) -> float:
-    """The source's `_on_message` (a Delivered and its ack, into the inbox) → its iterator, per
-    message; `handle` answers with one ready reading, so only the hand-over is timed."""
+    """The source's `_on_message` (a Delivered and its ack, into the inbox) → its consumer, in
+    turns of READ_BURST messages, per message; `handle` answers with one ready reading, so only
+    the hand-over is timed."""
     count = len(raw)
     reading = Reading("m", 0, {"v": 1.0})
 
-    async def one_round() -> None:
+    def one_round() -> None:
         source = MqttSource(config)
-        source._loop = asyncio.get_running_loop()
         source.handle = lambda delivered: [reading]  # type: ignore[method-assign]
         client: Any = None  # the ack is made, not called: it would need a connection
+        taken = 0
 
-        async def consume() -> None:
-            taken = 0
-            async for _ in source:
-                taken += 1
-                if taken == count:
-                    return
+        def consume(readings: Sequence[Reading]) -> None:
+            nonlocal taken
+            taken += len(readings)
 
-        consumer = asyncio.create_task(consume())
+        source._consume = consume
         for k, message in enumerate(raw):
             source._on_message(client, None, message)
             if k % READ_BURST == READ_BURST - 1:
-                await asyncio.sleep(0)  # a turn of the loop per READ_BURST packets read
-        await consumer
+                source._deliver()  # a turn of the loop per READ_BURST packets read
+        source._deliver()
+        if taken != count:
+            raise RuntimeError(f"handed over {taken} of {count} readings")
 
-    return cpu_us(lambda: asyncio.run(one_round()), count, rounds)
+    return cpu_us(one_round, count, rounds)
 
 
 def stages(shape: MqttShape, count: int, rounds: int, workdir: Path) -> list[tuple[str, float]]:
@@ -129,7 +128,7 @@ def stages(shape: MqttShape, count: int, rounds: int, workdir: Path) -> list[tup
         raw.append(message)
 
     results = [
-        ("aguante: _on_message → inbox → iterator", handover_us(config, raw, rounds)),
+        ("aguante: _on_message → inbox → consumer", handover_us(config, raw, rounds)),
         ("aguante: MqttSource.handle (route, parse, coerce, stamp)", cpu_us(handle, count, rounds)),
         ("aguante: Collector.to_point", cpu_us(to_points, count, rounds)),
         (

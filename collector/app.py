@@ -157,17 +157,22 @@ class Collector:
         log.info("collector stopped")
 
     async def _pump(self, source: Source, delivery: Delivery) -> None:
+        def keep(readings: Sequence[Reading]) -> None:
+            points = [self.to_point(reading) for reading in readings]
+            if self.capacity is not None:
+                for reading in readings:
+                    points += self.capacity.observe(reading)
+            # One write to the buffer; acknowledged only once it is on disk: if the buffer
+            # cannot take them (disk full), the broker keeps the messages and sends them again
+            # after a reconnection.
+            if delivery.submit(points):
+                for reading in readings:
+                    if reading.ack is not None:
+                        reading.ack()
+
         while True:
             try:
-                async for reading in source:
-                    points = [self.to_point(reading)]
-                    if self.capacity is not None:
-                        points += self.capacity.observe(reading)
-                    # One write to the buffer; acknowledged only once it is on disk: if the
-                    # buffer cannot take it (disk full), the broker keeps the message and sends
-                    # it again after a reconnection.
-                    if delivery.submit(points) and reading.ack is not None:
-                        reading.ack()
+                await source.run(keep)
                 # A source that ends is started again, after the same pause as a failed one.
                 log.warning(
                     "%s: source ended; restarting in %.0f s", source.name, self._restart_delay

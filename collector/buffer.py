@@ -2,12 +2,16 @@
 segment files on disk, removed only once InfluxDB has stored them.
 
 Every `put` is written to the operating system before it returns, so a killed collector loses
-nothing it had accepted; `sync` (which the delivery calls every `fsync_interval` seconds, in a
-thread) bounds what a power cut can take. Each record carries a checksum: a torn or corrupt record
-is found when the buffer opens (or is read), the good records around it are kept and what was lost
-is counted and logged once. The size is bounded; when full the oldest segment (or the newest
-readings) is dropped, counted and logged. Memory stays bounded: the lines read back are cached only
-while the writer is close behind, beyond that they come back from disk.
+nothing it had accepted. `sync` (which the delivery calls in a thread when `sync_due` says)
+bounds what a power cut can take: within `fsync_interval` of its put, every line is either
+fsynced or stored by InfluxDB, where a power cut here cannot reach it, so while InfluxDB answers
+in time only a new segment file is ever synced. Each record carries a checksum: a torn or corrupt
+record is found when the buffer opens (or is read), the good records around it are kept and what
+was lost is counted and logged once. After a power cut, lines InfluxDB stored but the cursor had
+not recorded yet may be among them (counted as lost, though they are not). The size is bounded;
+when full the oldest segment (or the newest readings) is dropped, counted and logged. Memory
+stays bounded: the lines read back are cached only while the writer is close behind, beyond
+that they come back from disk.
 
 On disk: `<directory>/<20-digit sequence>.seg` files of records
 `magic(4) length(4) lines(4) crc32(4) payload(JSON array of lines)` and a `cursor` file with
@@ -23,6 +27,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -320,6 +325,11 @@ class DiskBuffer:
         self._cursor_fd = -1
         self._cursor_sequence = 0
         self._directory_unsynced = False
+        # Since the last sync: each put's end and when (time.monotonic) it was put, oldest first,
+        # until InfluxDB acknowledges it; and when a segment file was started (its name and the
+        # finished one's tail must survive a power cut too). What `sync_due` is worked out from.
+        self._unsynced_puts: deque[tuple[tuple[int, int], float]] = deque()
+        self._files_unsynced_since: float | None = None
         try:
             self.recovery = self._open()
         except OSError as exc:
@@ -448,6 +458,8 @@ class DiskBuffer:
                 self._retired.append(self._fd)
             self._fd = fd
             self._directory_unsynced = True  # the new name must survive a power cut too
+            if self._files_unsynced_since is None:
+                self._files_unsynced_since = time.monotonic()
         self._segments.append(_Segment(number, path, 0, 0, 0))
         if not self.fsync_interval:
             self.sync()
@@ -514,6 +526,8 @@ class DiskBuffer:
         self._unsynced = True
         if not self.fsync_interval:
             self.sync()  # asked for: every write on disk before it is acknowledged
+        else:
+            self._unsynced_puts.append(((segment.number, segment.size), time.monotonic()))
         return dropped
 
     def take(self, max_n: int) -> list[str]:
@@ -605,6 +619,7 @@ class DiskBuffer:
         self._ack = self._taken_end
         self._taken = None
         self._taken_per_segment = {}
+        self._stored_needs_no_sync()
         # Whole segments before the acked position are done with.
         while len(self._segments) > 1 and self._segments[0].number < self._ack[0]:
             done_with = self._segments.popleft()
@@ -638,6 +653,7 @@ class DiskBuffer:
         if self._ack[0] <= oldest.number:
             self._ack = (first.number, 0)
             self._save_cursor()
+            self._stored_needs_no_sync()  # dropped: nothing of it to sync either
         if self._read[0] <= oldest.number:
             self._read = (first.number, 0)
             self._cache.clear()
@@ -654,11 +670,25 @@ class DiskBuffer:
 
     # -- durability --------------------------------------------------------------------------------
 
+    def _stored_needs_no_sync(self) -> None:
+        # Lines up to the acknowledged position are in InfluxDB: a power cut cannot take them.
+        puts, ack = self._unsynced_puts, self._ack
+        with self._fd_lock:  # `sync`, in its thread, clears the deque
+            while puts and puts[0][0] <= ack:
+                puts.popleft()
+
     @property
-    def needs_sync(self) -> bool:
-        """Whether a `sync` has anything to do (read without the lock: a put racing with it is
-        seen at the next sync)."""
-        return self._unsynced or bool(self._retired) or self._directory_unsynced
+    def sync_due(self) -> float | None:
+        """When (on `time.monotonic`'s clock) a `sync` is due, None if nothing waits for one:
+        `fsync_interval` after the oldest line put since the last sync that InfluxDB has not
+        stored yet, or after a segment file was started. Read on the loop's thread, never
+        while a `sync` runs."""
+        puts = self._unsynced_puts
+        since = puts[0][1] if puts else None
+        files = self._files_unsynced_since
+        if files is not None and (since is None or files < since):
+            since = files
+        return None if since is None else since + self.fsync_interval
 
     def sync(self) -> None:
         """fsync what was put since the last sync. Safe to call from another thread (the
@@ -669,6 +699,8 @@ class DiskBuffer:
             self._unsynced = False  # before: a put meanwhile is in this fsync or the next
             retired, self._retired = self._retired, []
             directory, self._directory_unsynced = self._directory_unsynced, False
+            self._unsynced_puts.clear()
+            self._files_unsynced_since = None
         try:
             for fd in retired:
                 try:

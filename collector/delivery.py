@@ -32,6 +32,10 @@ __all__ = ["Buffer", "Delivery", "DeliveryStats", "MemoryBuffer"]
 log = logging.getLogger(__name__)
 
 RATE_WINDOW = 10.0  # seconds over which `write_rate` is measured
+# A sync falling due while a write is under way waits for it (a stored line needs none), for at
+# most this share of fsync_interval: with flush_interval = fsync_interval, the oldest lines of
+# every batch fall due while the batch is being written.
+SYNC_GRACE = 0.25
 
 
 class Buffer(Protocol):
@@ -63,12 +67,13 @@ class Buffer(Protocol):
 
     @property
     def fsync_interval(self) -> float:
-        """Seconds between `sync` calls; 0 when the buffer needs none from outside."""
+        """At most this many seconds between a put and its `sync` (unless the sink stored it
+        first); 0 when the buffer needs no `sync` from outside."""
         ...
 
     @property
-    def needs_sync(self) -> bool:
-        """Whether `sync` has anything to make durable."""
+    def sync_due(self) -> float | None:
+        """When (`time.monotonic`) `sync` is due; None while nothing waits for one."""
         ...
 
     def sync(self) -> None:
@@ -84,7 +89,7 @@ class MemoryBuffer:
     corrupt_lines = 0
     when_full = "drop_oldest"
     fsync_interval = 0.0  # nothing to make durable
-    needs_sync = False
+    sync_due = None
 
     def __repr__(self) -> str:
         return f"the delivery buffer ({self.max_points} lines in memory)"
@@ -198,6 +203,8 @@ class Delivery:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self._writing = False
+        self._written_event = asyncio.Event()  # set as each write ends
         self._random = random.Random()
         self._down_since: float | None = None
         self._down_kind: type[Exception] | None = None
@@ -357,25 +364,46 @@ class Delivery:
                 await self.sink.__aexit__(None, None, None)
 
     async def _sync(self) -> None:
-        # In a thread: an fsync on a slow SD card takes tens of milliseconds, which the event
-        # loop, polling the machines, must not wait for.
+        # When the buffer says (a line not stored by the sink within fsync_interval), in a
+        # thread: an fsync on a slow SD card takes tens of milliseconds, which the event loop,
+        # polling the machines, must not wait for. A line stored meanwhile needs none.
+        buffer = self._buffer
+        waited = False
         while True:
-            await asyncio.sleep(self._buffer.fsync_interval)
-            if not self._buffer.needs_sync:
-                continue  # nothing put since: no thread to wake
+            due = buffer.sync_due
+            wait = buffer.fsync_interval if due is None else due - time.monotonic()
+            if wait > 0:
+                # Nothing can fall due before this: older lines only leave, newer come later.
+                await asyncio.sleep(wait)
+                waited = False
+                continue
+            if self._writing and not waited:
+                waited = True  # once per time due: a hanging sink holds no sync for long
+                self._written_event.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(buffer.fsync_interval * SYNC_GRACE):
+                        await self._written_event.wait()
+                continue  # due still? the lines were not in that batch, or it failed
+            waited = False
             try:
-                await asyncio.to_thread(self._buffer.sync)
+                await asyncio.to_thread(buffer.sync)
             except OSError as exc:
                 log.error("cannot sync the buffer to disk: %s", exc)
 
     async def _run(self) -> None:
         delay = self.retry_initial
+        loop = asyncio.get_running_loop()
+        taken_at = loop.time()
         while True:
-            if self._buffer.depth < self.batch_size and not self._closing:
+            # A batch every flush_interval from the last one taken, however long writing it
+            # took: no line waits longer than that for its turn (see _sync).
+            wait = taken_at + self.flush_interval - loop.time()
+            if self._buffer.depth < self.batch_size and not self._closing and wait > 0:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.flush_interval):
+                    async with asyncio.timeout(wait):
                         await self._wake.wait()
-                self._wake.clear()
+            self._wake.clear()
+            taken_at = loop.time()
             try:
                 batch = self._buffer.take(self.batch_size)
             except OSError as exc:  # a failing disk: say so, and try again, as for the sink
@@ -391,6 +419,7 @@ class Delivery:
                 continue
             self._oldest_ms = _time_ms(batch[0])
             started = time.monotonic()
+            self._writing = True
             try:
                 await self.sink.write_lines(batch)
             except RejectedWriteError as exc:
@@ -399,6 +428,7 @@ class Delivery:
                 self._stored(len(batch) - len(exc.lines), time.monotonic() - started)
                 delay = self.retry_initial
             except Exception as exc:  # any failure holds the batch: only a write stores it
+                self._write_over()
                 self._retried += 1
                 self._failed(exc)
                 pause = self.retry_max if isinstance(exc, AuthWriteError) else delay
@@ -407,6 +437,14 @@ class Delivery:
             else:
                 self._stored(len(batch), time.monotonic() - started)
                 delay = self.retry_initial
+            finally:
+                self._write_over()
+
+    def _write_over(self) -> None:
+        # After the batch's ack, if it was stored: a sync waiting for this write looks again.
+        if self._writing:
+            self._writing = False
+            self._written_event.set()
 
     def _stored(self, n: int, seconds: float) -> None:
         try:

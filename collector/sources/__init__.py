@@ -1,14 +1,15 @@
-"""Sources of readings: polled (Modbus) and streamed (MQTT) both yield `Reading`s.
+"""Sources of readings: polled (Modbus) and streamed (MQTT) both hand on `Reading`s.
 
-A source is used as `async with source: async for reading in source: ...`; it never raises for a
-device's or a payload's trouble (timeouts, exception codes, a dead link, a malformed message) —
-it counts it in its health records and goes on. The registry maps a kind of source to the code
-that builds its sources from the config.
+A source is used as `async with source: await source.run(consume)`: it hands its readings to
+`consume` as it takes them (a poll's, or every message read in one turn of the event loop) until
+it is cancelled. It never raises for a device's or a payload's trouble (timeouts, exception
+codes, a dead link, a malformed message) — it counts it in its health records and goes on. The
+registry maps a kind of source to the code that builds its sources from the config.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
@@ -18,6 +19,7 @@ from collector.schema import FieldValue
 
 __all__ = [
     "SOURCES",
+    "Consume",
     "DeviceHealth",
     "HealthRecord",
     "Reading",
@@ -101,8 +103,12 @@ class DeviceHealth:
         return HealthRecord(self.machine, fields)
 
 
+# What a source hands its readings to; the consumer calls each reading's `ack` once it keeps it.
+Consume = Callable[[Sequence[Reading]], None]
+
+
 class Source(Protocol):
-    """What the collector runs: one task iterates one source."""
+    """What the collector runs: one task runs one source."""
 
     name: str
     kind: str  # "modbus", "mqtt": names the source's own health points (machine=_<kind>)
@@ -111,7 +117,8 @@ class Source(Protocol):
 
     def unavailable(self) -> list[Unavailable]: ...
 
-    def __aiter__(self) -> AsyncIterator[Reading]: ...
+    async def run(self, consume: Consume) -> None:
+        """Hand readings to `consume` as they are taken, until cancelled."""
 
     async def __aenter__(self) -> Source: ...
 

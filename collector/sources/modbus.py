@@ -25,7 +25,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from collector.config import Config, Machine, ModbusDevice
 from collector.plan import ReadRequest, coalesce_reads
 from collector.schema import FieldValue
-from collector.sources import DeviceHealth, HealthRecord, Reading, Unavailable
+from collector.sources import Consume, DeviceHealth, HealthRecord, Reading, Unavailable
 
 __all__ = ["ModbusClient", "ModbusConnection", "ModbusResponse", "make_client", "modbus_sources"]
 
@@ -191,6 +191,11 @@ class ModbusConnection:
 
     def __aiter__(self) -> AsyncIterator[Reading]:
         return self._poll_forever()
+
+    async def run(self, consume: Consume) -> None:
+        """Poll until cancelled, handing each poll's reading to `consume` as it is taken."""
+        async for reading in self._poll_forever():
+            consume((reading,))
 
     async def _poll_forever(self) -> AsyncIterator[Reading]:
         loop = asyncio.get_running_loop()

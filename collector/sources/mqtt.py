@@ -4,6 +4,12 @@ plain values and Sparkplug B, as the factory file maps their topics to machines 
 One broker connection for the whole config, with a persistent session and QoS 1: messages sent
 while the collector was away are delivered when it returns, and each is acknowledged only after
 its readings are in the buffer. paho runs on the event loop (its socket callbacks), no thread.
+
+The messages one turn of the loop reads are handled and handed on together (one write to the
+buffer, then their acks). When a turn reads only a few, the socket is left unread for
+READ_PAUSE before the next: at a plant's trickle of messages (a few hundred a second), waking
+for each one costs more than the message itself, so they are taken some at a time instead, at
+most READ_PAUSE later. A busier link is read at once, every turn.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import threading
 import time
 import zoneinfo
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -26,7 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.config import Config, MqttConfig, MqttSubscription
 from collector.schema import FieldValue
-from collector.sources import HealthRecord, Reading, Unavailable
+from collector.sources import Consume, HealthRecord, Reading, Unavailable
 from collector.sources.mqtt_formats import (
     Coercer,
     PayloadError,
@@ -49,6 +55,11 @@ MAX_ROUTED_TOPICS = 10_000  # topics whose routes are kept worked out; others ar
 CONNECT_WAIT = 15.0  # seconds a stop waits for a connection attempt under way
 STALE_TIME_MS = 3_600_000  # a payload time this far behind arrival is stored, and counted
 READ_BURST = 256  # packets read per turn of the event loop, at most
+# After a turn that read fewer than READ_PAUSE_BELOW messages, the socket rests this long. Below
+# the broker's window of unacknowledged messages (Mosquitto's 20, EMQX's 32): a busy link is
+# never held back waiting for acks.
+READ_PAUSE = 0.05
+READ_PAUSE_BELOW = 8
 RECV_BYTES = 65536  # read from the socket at once
 # A Sparkplug edge node is asked for a rebirth at most once per this many seconds.
 REBIRTH_EVERY = 30.0
@@ -139,7 +150,7 @@ class Delivered(NamedTuple):
 
 
 class MqttSource:
-    """All the config's MQTT boards: `async with source: async for reading in source`."""
+    """All the config's MQTT boards: `async with source: await source.run(consume)`."""
 
     kind = "mqtt"
 
@@ -223,10 +234,13 @@ class MqttSource:
         self._write_soon = False
         self._acking = False
         self._loop_thread = threading.get_ident()
-        # Messages from paho's callback to the iterator: a deque, and a future the iterator
-        # waits on when it is empty (what asyncio.Queue does, with less bookkeeping).
+        # Messages from paho's callback, handled once the turn's reading is done.
         self._inbox: deque[Delivered] = deque()
-        self._inbox_waiter: asyncio.Future[None] | None = None
+        self._consume: Consume | None = None
+        self._arrived = 0  # messages paho handed over, in all
+        self._resting: asyncio.TimerHandle | None = None  # the socket's rest (see READ_PAUSE)
+        self._consume_failures = 0
+        self._consume_logged = -LOG_EVERY
         self._loop: asyncio.AbstractEventLoop | None = None
         self.messages = 0
 
@@ -348,14 +362,48 @@ class MqttSource:
     def _read(self, client: _Client) -> None:
         # paho's loop_read reads one packet whatever it is asked: go on while packets already
         # read wait, up to READ_BURST per turn, so a burst is read in few turns of the loop.
+        assert self._loop is not None
+        arrived = self._arrived
         for _ in range(READ_BURST):
             if client.loop_read() != paho.MQTT_ERR_SUCCESS or not client.buffered:
-                return
+                break
+        else:
+            self._loop.call_soon(self._read, client)  # read already: no wake-up would come for it
+            self._deliver()
+            return
+        self._deliver()
+        if 0 < self._arrived - arrived < READ_PAUSE_BELOW:
+            self._rest(client)  # not after a turn that read none: an idle link sleeps
+
+    def _rest(self, client: _Client) -> None:
+        # Leave the socket unread for READ_PAUSE: what comes meanwhile waits in the kernel, and
+        # is read in one turn. Not before the broker accepted us (the handshake goes at once).
         assert self._loop is not None
-        self._loop.call_soon(self._read, client)  # read already: no wake-up would come for it
+        sock = client.socket()
+        if (
+            self._closing
+            or not self._accepted
+            or self._resting is not None
+            or sock is None
+            or sock not in self._sockets
+        ):
+            return
+        self._loop.remove_reader(sock)
+        self._resting = self._loop.call_later(READ_PAUSE, self._wake, client, sock)
+
+    def _wake(self, client: _Client, sock: Any) -> None:
+        self._resting = None
+        if self._closing or sock not in self._sockets:
+            return  # closed meanwhile: a new socket is watched when it opens
+        assert self._loop is not None
+        self._loop.add_reader(sock, self._read, client)
+        self._read(client)
 
     def _unwatch(self, sock: Any) -> None:
         assert self._loop is not None
+        if self._resting is not None:
+            self._resting.cancel()
+            self._resting = None
         self._loop.remove_reader(sock)
         self._remove_writer(sock)
         self._sockets.discard(sock)
@@ -520,12 +568,8 @@ class MqttSource:
                         self._acking = False
                     self._write(client)
 
+        self._arrived += 1
         self._inbox.append(Delivered(message.topic, bytes(message.payload), received_ms, ack))
-        waiter = self._inbox_waiter
-        if waiter is not None:
-            self._inbox_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _connect_failed(self, reason: str) -> None:
         self._connect_failures += 1
@@ -549,25 +593,58 @@ class MqttSource:
 
     # -- messages → readings -------------------------------------------------------------------
 
-    def __aiter__(self) -> AsyncIterator[Reading]:
-        return self._readings()
-
-    async def _readings(self) -> AsyncIterator[Reading]:
+    async def run(self, consume: Consume) -> None:
+        """Hand the readings of each turn's messages to `consume`, until cancelled."""
         loop = self._loop
         if loop is None:
             raise RuntimeError("use the source inside `async with MqttSource(...)`")
-        inbox = self._inbox
-        while True:
-            if not inbox:
-                self._inbox_waiter = waiter = loop.create_future()
-                await waiter
-                continue
+        self._consume = consume
+        try:
+            self._deliver()  # what came before
+            await loop.create_future()  # the socket's callbacks do the rest
+        finally:
+            self._consume = None
+
+    def _deliver(self) -> None:
+        """The waiting messages' readings to the consumer, in one call (whose keeping them sends
+        their acks); a message that gives none (bad, unknown or availability only) is
+        acknowledged as it is handled."""
+        consume, inbox = self._consume, self._inbox
+        if consume is None or not inbox:
+            return  # kept until `run` starts
+        readings: list[Reading] = []
+        while inbox:
             delivered = inbox.popleft()
-            readings = self.handle(delivered)
-            if not readings and delivered.ack is not None:
-                delivered.ack()  # nothing to keep: bad, unknown or availability only
-            for reading in readings:
-                yield reading
+            try:
+                got = self.handle(delivered)
+            except Exception:
+                # A bug, not a payload's fault (those are counted in `handle`): the message stays
+                # unacknowledged, the others go on.
+                self._consume_failed(f"handling a message on {delivered.topic}")
+                continue
+            if got:
+                readings += got
+            elif delivered.ack is not None:
+                delivered.ack()
+        if readings:
+            try:
+                consume(readings)
+            except Exception:
+                self._consume_failed(f"keeping {len(readings)} readings")
+
+    def _consume_failed(self, what: str) -> None:
+        # Logged with its traceback at most once per LOG_EVERY, with how often it happened.
+        self._consume_failures += 1
+        now = time.monotonic()
+        if now - self._consume_logged >= LOG_EVERY:
+            self._consume_logged = now
+            log.exception(
+                "%s: failed %s (%d such failures so far); the broker sends those messages "
+                "again after a reconnection",
+                self.name,
+                what,
+                self._consume_failures,
+            )
 
     def handle(self, delivered: Delivered) -> list[Reading]:
         """The readings one message gives, the last carrying the message's `ack` (confirmed once

@@ -15,7 +15,7 @@ from collector.app import Collector
 from collector.config import Config, parse_config
 from collector.schema import COLLECTOR, READING
 from collector.sinks.memory import MemorySink
-from collector.sources import DeviceHealth, HealthRecord, Reading, Unavailable
+from collector.sources import Consume, DeviceHealth, HealthRecord, Reading, Unavailable
 
 CONFIG = """
 factory: coop
@@ -53,8 +53,9 @@ class ScriptedSource:
     async def __aexit__(self, *exc: object) -> None:
         self.closed = True
 
-    def __aiter__(self) -> AsyncIterator[Reading]:
-        return self._readings()
+    async def run(self, consume: Consume) -> None:
+        async for reading in self._readings():
+            consume((reading,))
 
     async def _readings(self) -> AsyncIterator[Reading]:
         self.starts += 1
@@ -203,8 +204,9 @@ class ShiftingSource:
     async def __aexit__(self, *exc: object) -> None:
         pass
 
-    def __aiter__(self) -> AsyncIterator[Reading]:
-        return self._readings()
+    async def run(self, consume: Consume) -> None:
+        async for reading in self._readings():
+            consume((reading,))
 
     async def _readings(self) -> AsyncIterator[Reading]:
         while True:

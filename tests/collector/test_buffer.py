@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -883,20 +884,34 @@ TestFullBufferMachine = FullBufferMachine.TestCase
 TestFullBufferMachine.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 
 
-def test_a_sync_is_needed_only_after_something_was_put(
+def test_a_sync_is_due_an_interval_after_a_put_unless_influxdb_stored_it_first(
     tmp_path: Path, buffers: list[DiskBuffer]
 ) -> None:
     buffer = open_buffer(tmp_path / "b")
     buffers.append(buffer)
-    assert buffer.needs_sync  # its first segment's name, new in the directory
+    interval = buffer.fsync_interval
+    due = buffer.sync_due
+    assert due is not None  # its first segment's name, new in the directory
     buffer.sync()
-    assert not buffer.needs_sync  # the delivery wakes no thread for an idle buffer
+    assert buffer.sync_due is None  # the delivery wakes no thread for an idle buffer
+    before = time.monotonic()
     buffer.put(["m v=1i 1"])
-    assert buffer.needs_sync
-    buffer.sync()
-    assert not buffer.needs_sync
-    buffer.put(["m v=2i 2" + "x" * SEGMENT])  # past a segment: a new file, its name synced too
+    buffer.put(["m v=2i 2"])
+    due = buffer.sync_due
+    assert due is not None and before + interval <= due <= time.monotonic() + interval
+    assert buffer.take(1) == ["m v=1i 1"]
+    buffer.ack()  # stored: the first line needs no sync, the second still does
+    assert buffer.sync_due is not None and buffer.sync_due >= due
+    buffer.take(10)
+    buffer.ack()
+    assert buffer.sync_due is None  # everything put is stored: nothing a power cut can take
     buffer.put(["m v=3i 3"])
-    assert buffer.needs_sync
     buffer.sync()
-    assert not buffer.needs_sync
+    assert buffer.sync_due is None
+    buffer.put(["m v=4i 4" + "x" * SEGMENT])  # past a segment: a new file, its name synced too
+    buffer.put(["m v=5i 5"])
+    buffer.take(10)
+    buffer.ack()
+    assert buffer.sync_due is not None  # the new file, even with its lines stored
+    buffer.sync()
+    assert buffer.sync_due is None

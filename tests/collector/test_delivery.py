@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from collector.buffer import DiskBuffer
-from collector.delivery import Delivery, MemoryBuffer
+from collector.delivery import SYNC_GRACE, Delivery, MemoryBuffer
 from collector.lineprotocol import encode_point
 from collector.schema import Point
 from collector.sinks import AuthWriteError, RetryableWriteError
@@ -437,3 +438,105 @@ async def test_a_backlog_left_by_a_restart_is_reported_as_draining(tmp_path: Pat
         sink.resume()
         await eventually(lambda: not delivery.stats().draining)
     assert sink.points == points(2000)
+
+
+# --- when the durable buffer is fsynced -------------------------------------------------------
+
+
+class CountingBuffer(DiskBuffer):
+    """The durable buffer, counting its syncs (and when each came, on the loop's clock)."""
+
+    syncs: list[float]
+
+    def sync(self) -> None:
+        self.syncs.append(time.monotonic())
+        super().sync()
+
+
+def counting_buffer(tmp_path: Path, fsync_interval: float) -> CountingBuffer:
+    buffer = CountingBuffer(
+        tmp_path / "buffer", max_bytes=1 << 22, segment_bytes=1 << 18, fsync_interval=fsync_interval
+    )
+    buffer.syncs = []
+    buffer.sync()  # its first segment's name: synced, as the delivery would soon after opening
+    buffer.syncs.clear()
+    return buffer
+
+
+async def submit_for(delivery: Delivery, seconds: float, every: float = 0.005) -> int:
+    loop = asyncio.get_running_loop()
+    end, n = loop.time() + seconds, 0
+    while loop.time() < end:
+        delivery.submit(points(1, start=n))
+        n += 1
+        await asyncio.sleep(every)
+    return n
+
+
+async def test_lines_the_sink_stores_in_time_are_never_fsynced(tmp_path: Path) -> None:
+    sink = MemorySink()
+    buffer = counting_buffer(tmp_path, fsync_interval=0.2)
+    async with Delivery(
+        sink, quarantine_path=tmp_path / "q", buffer=buffer, flush_interval=0.02
+    ) as delivery:
+        n = await submit_for(delivery, 1.0)
+        await eventually(lambda: len(sink.points) == n)
+        syncs = len(buffer.syncs)
+    assert syncs == 0  # five fsync intervals went by, with lines put all along
+    assert sink.points == points(n)
+
+
+class SlowSink(MemorySink):
+    """Takes `seconds` to store each batch, as a real server does."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def write(self, points: Sequence[Point], *, lines: Sequence[str] | None = None) -> None:
+        await asyncio.sleep(self.seconds)
+        await super().write(points, lines=lines)
+
+
+async def test_with_flush_and_fsync_intervals_alike_a_batch_being_written_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    # Lines put just after a batch was taken wait a flush interval for the next one, and fall
+    # due while it is written: the sync waits for the write (up to SYNC_GRACE of the interval)
+    # and then finds them stored.
+    sink = SlowSink(0.02)
+    buffer = counting_buffer(tmp_path, fsync_interval=0.1)
+    async with Delivery(
+        sink, quarantine_path=tmp_path / "q", buffer=buffer, flush_interval=0.1
+    ) as delivery:
+        n = await submit_for(delivery, 2.0)
+        await eventually(lambda: len(sink.points) == n)
+        syncs = len(buffer.syncs)
+    assert syncs <= 5  # of 16 batches; each would sync if its write were not waited for
+
+
+async def test_lines_the_sink_does_not_store_are_fsynced_every_interval(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.fail_next(10_000, RetryableWriteError("InfluxDB at http://h: down"))
+    buffer = counting_buffer(tmp_path, fsync_interval=0.1)
+    async with Delivery(sink, quarantine_path=tmp_path / "q", buffer=buffer, **FAST) as delivery:
+        started = time.monotonic()
+        await submit_for(delivery, 1.0)
+        syncs = list(buffer.syncs)
+    assert 5 <= len(syncs) <= 12  # about one per interval while lines keep coming
+    # None later than an interval (and its grace, and some lateness of the loop) after a put.
+    gaps = [b - a for a, b in zip([started, *syncs], syncs, strict=False)]
+    assert max(gaps) < 0.1 * (1 + SYNC_GRACE) + 0.1
+
+
+async def test_a_hanging_sink_holds_a_sync_back_only_for_the_grace(tmp_path: Path) -> None:
+    sink = MemorySink()
+    sink.pause()  # every write hangs
+    buffer = counting_buffer(tmp_path, fsync_interval=0.1)
+    async with Delivery(
+        sink, quarantine_path=tmp_path / "q", buffer=buffer, close_timeout=0.1, **FAST
+    ) as delivery:
+        await submit_for(delivery, 1.0)
+        syncs = len(buffer.syncs)
+        sink.resume()
+    assert syncs >= 5
