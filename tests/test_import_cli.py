@@ -205,7 +205,7 @@ def test_a_failed_import_says_what_is_in_and_running_it_again_is_safe(
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines()[-2:] == [
-        f"import stopped: InfluxDB at {server.url}: ConnectError: All connection attempts failed",
+        f"import stopped: InfluxDB at {server.url}: ConnectError: Connection refused",
         "0 of 6 rows were written (0 of 1392 points). Running the same import again is safe: "
         "points already written are overwritten by themselves.",
     ]

@@ -3,6 +3,7 @@ natively, 2.x through its v1 compatibility endpoints and 3.x Core as well."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import logging
@@ -17,6 +18,7 @@ from collector.config import InfluxDBConfig
 from collector.lineprotocol import InvalidPointError, encode_point, line_measurement
 from collector.schema import UTILIZATION_DAILY, UTILIZATION_HOURLY, Point
 from collector.sinks import AuthWriteError, RejectedWriteError, RetryableWriteError, WriteError
+from collector.sinks.http1 import Http1Transport
 
 __all__ = [
     "ROLLUP_SHARD_DURATION",
@@ -138,27 +140,33 @@ class InfluxDBSink:
         self.gzip = gzip
         self.timeout = timeout
         self.create_database = create_database
-        self._auth = (
-            httpx.BasicAuth(username, password)
-            if username is not None and password is not None
-            else None
-        )
-        self._headers = {"Authorization": f"Token {token}"} if token is not None else {}
+        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if username is not None and password is not None:
+            basic = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+            self._headers["Authorization"] = f"Basic {basic}"
+        elif token is not None:
+            self._headers["Authorization"] = f"Token {token}"
+        self._extensions = {
+            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        }
         self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._http: httpx.AsyncBaseTransport | None = None
+        self._urls: dict[tuple[str, tuple[tuple[str, str], ...]], httpx.URL] = {}
         self._database_ready = not create_database
 
     def __repr__(self) -> str:
         return f"InfluxDBSink(url={self.url!r}, database={self.database!r})"
 
     async def __aenter__(self) -> Self:
-        self._client = httpx.AsyncClient(
-            base_url=self.url + "/",
-            auth=self._auth,
-            headers=self._headers,
-            timeout=self.timeout,
-            transport=self._transport,
-        )
+        # Straight to a transport, without httpx's client: a plant's InfluxDB is reached
+        # directly (no proxy, no redirect), and a write a second is worth the millisecond the
+        # client would add to each (see http1.py). https: httpx's own, for its TLS checks.
+        if self._transport is not None:
+            self._http = self._transport
+        elif self.url.startswith("http://"):
+            self._http = Http1Transport(timeout=self.timeout)
+        else:
+            self._http = httpx.AsyncHTTPTransport()
         if self.create_database:
             try:
                 await self._create_database()
@@ -173,9 +181,9 @@ class InfluxDBSink:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        http, self._http = self._http, None
+        if http is not None and http is not self._transport:
+            await http.aclose()  # a transport given from outside is its owner's to close
 
     async def write(self, points: Sequence[Point]) -> None:
         """Write the batch. Raises `RejectedWriteError` after writing every point but the refused
@@ -263,10 +271,10 @@ class InfluxDBSink:
     async def _post_lines(self, lines: list[str], policy: str | None) -> tuple[bool, str]:
         """(refused, reason): refused when the server would not take some of these lines."""
         body = "".join(line + "\n" for line in lines).encode()
-        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        headers = None
         if self.gzip:
             body = gzip.compress(body, compresslevel=6, mtime=0)
-            headers["Content-Encoding"] = "gzip"
+            headers = {"Content-Encoding": "gzip"}
         params = {"db": self.database, "precision": "ms"}
         if policy is not None:
             params["rp"] = policy
@@ -323,15 +331,31 @@ class InfluxDBSink:
         path: str,
         *,
         params: dict[str, str],
-        content: bytes | None = None,
+        content: bytes = b"",
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        if self._client is None:
+        if self._http is None:
             raise RuntimeError("use the sink inside `async with InfluxDBSink(...) as sink:`")
+        key = (path, tuple(params.items()))
+        url = self._urls.get(key)
+        if url is None:
+            url = httpx.URL(f"{self.url}/{path}", params=params)
+            if path == "write":  # a handful: one per retention policy
+                self._urls[key] = url
+        request = httpx.Request(
+            method,
+            url,
+            content=content,
+            headers=self._headers if headers is None else self._headers | headers,
+            extensions=self._extensions,
+        )
         try:
-            return await self._client.request(
-                method, path, params=params, content=content, headers=headers
-            )
+            response = await self._http.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            return response
         except httpx.TimeoutException as exc:
             raise RetryableWriteError(
                 f"InfluxDB at {self.url}: no answer within {self.timeout} s ({type(exc).__name__})"

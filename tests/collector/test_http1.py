@@ -1,0 +1,246 @@
+"""The sink's HTTP/1.1 transport against a real server on a loopback port, scripted per test:
+what it sends, how it reads each way an answer can be framed, and how it fails."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from collector.sinks.http1 import MAX_BODY, Http1Transport
+
+
+@dataclass
+class Received:
+    head: list[bytes]
+    body: bytes
+
+
+@dataclass
+class Server:
+    """Answers each request with the next of `answers` (raw bytes, or a coroutine given the
+    writer); records what came, and how many connections."""
+
+    answers: list[bytes | Callable[[asyncio.StreamWriter], Awaitable[None]]]
+    received: list[Received] = field(default_factory=list)
+    connections: int = 0
+    port: int = 0
+    handlers: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        try:
+            while self.answers:
+                head = []
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    head.append(line.rstrip(b"\r\n"))
+                if not head:
+                    return
+                length = next(
+                    int(h.split(b":", 1)[1])
+                    for h in head
+                    if h.lower().startswith(b"content-length")
+                )
+                self.received.append(Received(head, await reader.readexactly(length)))
+                answer = self.answers.pop(0)
+                if isinstance(answer, bytes):
+                    writer.write(answer)
+                    await writer.drain()
+                else:
+                    await answer(writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            pass  # the test is over: a handler still hanging ends quietly (asyncio's streams
+            # log a cancelled handler as an error)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    *answers: bytes | Callable[[asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[Server]:
+    server = Server(list(answers))
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    server.port = listener.sockets[0].getsockname()[1]
+    try:
+        yield server
+    finally:
+        for handler in server.handlers:
+            handler.cancel()
+        await asyncio.gather(*server.handlers)
+        listener.close()
+        await listener.wait_closed()
+
+
+async def post(
+    transport: Http1Transport, url: str, body: bytes = b"m v=1 1\n", **headers: str
+) -> httpx.Response:
+    request = httpx.Request("POST", f"{url}/write?db=d&precision=ms", content=body, headers=headers)
+    return await transport.handle_async_request(request)
+
+
+NO_CONTENT = b"HTTP/1.1 204 No Content\r\nX-Influxdb-Version: 1.8\r\n\r\n"
+
+
+async def test_the_request_goes_as_given_and_a_204_is_read() -> None:
+    async with serving(NO_CONTENT) as server, Http1Transport(timeout=5) as transport:
+        response = await post(transport, server.url, Authorization="Token t")
+    assert response.status_code == 204 and response.content == b""
+    assert response.headers["x-influxdb-version"] == "1.8"
+    [got] = server.received
+    assert got.head[0] == b"POST /write?db=d&precision=ms HTTP/1.1"
+    assert f"Host: 127.0.0.1:{server.port}".encode() in got.head
+    assert b"Authorization: Token t" in got.head
+    assert b"Content-Length: 8" in got.head
+    assert got.body == b"m v=1 1\n"
+
+
+async def test_one_connection_carries_every_request() -> None:
+    async with (
+        serving(NO_CONTENT, NO_CONTENT, NO_CONTENT) as server,
+        Http1Transport(timeout=5) as transport,
+    ):
+        for n in range(3):
+            assert (await post(transport, server.url, body=b"x" * n)).status_code == 204
+    assert server.connections == 1
+    assert [r.body for r in server.received] == [b"", b"x", b"xx"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 28\r\n\r\n"
+        b'{"error":"unable to parse"}\n',
+        b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'a;x=1\r\n{"error":"\r\n12\r\nunable to parse"}\n\r\n0\r\nTrailer: t\r\n\r\n',
+        b'HTTP/1.0 400 Bad Request\r\n\r\n{"error":"unable to parse"}\n',
+    ],
+    ids=["content-length", "chunked", "until-close"],
+)
+async def test_an_answer_is_read_however_it_is_framed(answer: bytes) -> None:
+    async with serving(answer, NO_CONTENT) as server, Http1Transport(timeout=5) as transport:
+        response = await post(transport, server.url)
+        assert response.status_code == 400
+        assert response.json() == {"error": "unable to parse"}
+        assert response.reason_phrase == "Bad Request"
+        assert (await post(transport, server.url)).status_code == 204  # and it goes on
+    closed_after = answer.startswith(b"HTTP/1.0")
+    assert server.connections == (2 if closed_after else 1)
+
+
+async def test_a_connection_closed_while_idle_is_replaced_and_the_request_sent_again() -> None:
+    async def close(writer: asyncio.StreamWriter) -> None:
+        writer.write(NO_CONTENT)
+        await writer.drain()
+        writer.transport.abort()  # as an idle timeout on the server's side
+
+    async with serving(close, NO_CONTENT) as server, Http1Transport(timeout=5) as transport:
+        assert (await post(transport, server.url, body=b"first")).status_code == 204
+        await asyncio.sleep(0.05)
+        assert (await post(transport, server.url, body=b"second")).status_code == 204
+    assert [r.body for r in server.received] == [b"first", b"second"]
+    assert server.connections == 2
+
+
+async def test_a_kept_connection_closed_as_the_request_came_is_tried_once_more() -> None:
+    async def drop(writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()  # the request was read, no answer: a close racing with it
+
+    async with (
+        serving(NO_CONTENT, drop, NO_CONTENT, drop) as server,
+        Http1Transport(timeout=5) as transport,
+    ):
+        assert (await post(transport, server.url, body=b"first")).status_code == 204
+        assert (await post(transport, server.url, body=b"second")).status_code == 204
+        # Dropped again on the new connection: the server is failing, an error (no third try).
+        with pytest.raises(httpx.ReadError):
+            await post(transport, server.url, body=b"third")
+    assert [r.body for r in server.received] == [b"first", b"second", b"second", b"third"]
+
+
+async def test_no_server_is_a_connect_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nobody listens there once the probe is closed
+    async with Http1Transport(timeout=5) as transport:
+        with pytest.raises(httpx.ConnectError) as refused:
+            await post(transport, f"http://127.0.0.1:{port}")
+        with pytest.raises(httpx.ConnectError) as unknown:
+            await post(transport, "http://influx.invalid:8086")
+    assert str(refused.value) == "Connection refused"
+    assert str(unknown.value).startswith("cannot resolve the host name (")
+
+
+async def test_a_server_that_does_not_answer_times_out_and_the_next_request_starts_afresh() -> None:
+    async def hang(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    async with serving(hang, NO_CONTENT) as server, Http1Transport(timeout=0.2) as transport:
+        with pytest.raises(httpx.ReadTimeout, match=r"no answer within 0\.2 s"):
+            await post(transport, server.url)
+        assert (await post(transport, server.url)).status_code == 204
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "not an HTTP/1.1 status line"),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "not a header line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n", "invalid literal"),
+        (f"HTTP/1.1 200 OK\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n".encode(), "an answer of"),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "limit"),
+    ],
+    ids=["not-http", "bad-header", "bad-length", "too-large", "long-line"],
+)
+async def test_an_answer_that_is_not_http_is_a_protocol_error(answer: bytes, message: str) -> None:
+    async with serving(answer) as server, Http1Transport(timeout=5) as transport:
+        with pytest.raises(httpx.RemoteProtocolError, match=message):
+            await post(transport, server.url)
+
+
+async def test_a_server_that_closes_in_the_middle_of_an_answer_is_a_read_error() -> None:
+    cut = b'HTTP/1.1 400 Bad Request\r\nContent-Length: 100\r\n\r\n{"error"'
+    async with serving(cut) as server, Http1Transport(timeout=5) as transport:
+        with pytest.raises(httpx.ReadError):
+            await post(transport, server.url)
+
+
+async def test_a_cancelled_request_leaves_no_connection_behind() -> None:
+    async def hang(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    async with serving(hang, NO_CONTENT) as server, Http1Transport(timeout=5) as transport:
+        pending = asyncio.create_task(post(transport, server.url))
+        await asyncio.sleep(0.1)
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        assert (await post(transport, server.url)).status_code == 204
+    assert server.connections == 2
+
+
+async def test_only_plain_http_is_served_and_a_header_cannot_smuggle_a_line() -> None:
+    async with Http1Transport(timeout=5) as transport:
+        with pytest.raises(httpx.UnsupportedProtocol, match="https"):
+            await post(transport, "https://127.0.0.1:1")
+        with pytest.raises(httpx.LocalProtocolError, match="line break"):
+            await post(transport, "http://127.0.0.1:1", Authorization="Token t\r\nX-Evil: 1")
+    with pytest.raises(ValueError, match="timeout must be more than 0 seconds, not 0"):
+        Http1Transport(timeout=0)
