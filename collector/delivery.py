@@ -389,6 +389,8 @@ class Delivery:
                 await asyncio.to_thread(buffer.sync)
             except OSError as exc:
                 log.error("cannot sync the buffer to disk: %s", exc)
+                # What it had to sync may still be due: try again an interval on, not at once.
+                await asyncio.sleep(buffer.fsync_interval)
 
     async def _run(self) -> None:
         delay = self.retry_initial

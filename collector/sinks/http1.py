@@ -9,8 +9,9 @@ builds and reads `httpx.Request` and `httpx.Response` as before, tests swap in
 
 Only what InfluxDB's HTTP API needs: plain `http://` (https goes through httpx's transport),
 bodies given whole, answers sized by Content-Length, chunked or ended by a close; no proxies, no
-redirects, no upgrades. A request on a kept-alive connection that the server had closed
-meanwhile is sent once more on a new one (writes to InfluxDB are idempotent).
+redirects, no upgrades. A request on a kept-alive connection that the server closed
+meanwhile (or as the request came) is sent once more on a new one: writes to InfluxDB are
+idempotent. `timeout` bounds a request as a whole, connecting, sending and the answer together.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = ["Http1Transport"]
 MAX_LINE = 64 * 1024  # a status or header line longer than this is not an InfluxDB answer
 MAX_HEADERS = 100
 MAX_BODY = 64 * 1024 * 1024  # an answer larger than this is refused (InfluxDB's are small)
+CLOSE_WAIT = 1.0  # seconds a graceful close may take before the connection is cut
 
 
 class _ProtocolError(Exception):
@@ -65,28 +67,28 @@ class Http1Transport(httpx.AsyncBaseTransport):
                     except (ConnectionError, asyncio.IncompleteReadError, _Closed):
                         if not reused:
                             raise
-                    # The kept-alive connection was closed by the server while idle: once more,
-                    # on a new one.
-                    await self._close()
+                    # The kept-alive connection was closed by the server (idle, or as this
+                    # request came): once more, on a new one. Writes are idempotent.
+                    self._abort()
                     return await self._exchange(request, head, body)
             except TimeoutError as exc:
-                await self._close()  # where the answer stands is unknown: start afresh
+                self._abort()  # where the answer stands is unknown: start afresh
                 raise httpx.ReadTimeout(
                     f"no answer within {self.timeout} s", request=request
                 ) from exc
             except _ConnectFailed as exc:
-                await self._close()
+                self._abort()
                 raise httpx.ConnectError(_why(exc.__cause__), request=request) from exc
             except (ConnectionError, asyncio.IncompleteReadError, _Closed) as exc:
-                await self._close()
+                self._abort()
                 raise httpx.ReadError(
                     str(exc) or "the server closed the connection", request=request
                 ) from exc
             except (_ProtocolError, asyncio.LimitOverrunError, ValueError) as exc:
-                await self._close()
+                self._abort()
                 raise httpx.RemoteProtocolError(str(exc), request=request) from exc
             except BaseException:
-                await self._close()  # cancelled mid-request: the connection is in an unknown state
+                self._abort()  # cancelled mid-request: the connection is in an unknown state
                 raise
 
     @staticmethod
@@ -108,10 +110,15 @@ class Http1Transport(httpx.AsyncBaseTransport):
         reader, writer = await self._connection()
         writer.write(head + body)  # one send for the usual batch
         await writer.drain()
-        status_line = await reader.readline()
-        if not status_line:
-            raise _Closed("the server closed the connection")
-        version, status = _status(status_line)
+        while True:
+            status_line = await reader.readline()
+            if not status_line:
+                raise _Closed("the server closed the connection")
+            version, status = _status(status_line)
+            if not 100 <= status < 200:
+                break
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass  # an interim answer (100 Continue from a proxy): the real one follows
         headers: list[tuple[bytes, bytes]] = []
         while True:
             line = await reader.readline()
@@ -127,7 +134,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             headers.append((name.strip(), value.strip()))
         fields = {name.lower(): value for name, value in headers}
         keep = version == b"HTTP/1.1" and fields.get(b"connection", b"").lower() != b"close"
-        if status < 200 or status in (204, 304) or request.method == "HEAD":
+        if status in (204, 304) or request.method == "HEAD":
             content = b""
         elif fields.get(b"transfer-encoding", b"").lower() == b"chunked":
             content = await _chunked(reader)
@@ -137,10 +144,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 raise _ProtocolError(f"an answer of {length} bytes")
             content = await reader.readexactly(length)
         else:
-            content = await reader.read(MAX_BODY + 1)  # until the server closes
+            content = await _until_close(reader)
             keep = False
-            if len(content) > MAX_BODY:
-                raise _ProtocolError(f"an answer of more than {MAX_BODY} bytes")
         if not keep:
             await self._close()
         return httpx.Response(status, headers=headers, content=content, request=request)
@@ -158,12 +163,22 @@ class Http1Transport(httpx.AsyncBaseTransport):
             raise _ConnectFailed() from exc
         return self._streams
 
+    def _abort(self) -> None:
+        # At once, whatever is still unsent: a graceful close would wait for a server that
+        # stopped reading (TCP gives up only after many minutes).
+        streams, self._streams = self._streams, None
+        if streams is not None:
+            streams[1].transport.abort()
+
     async def _close(self) -> None:
         streams, self._streams = self._streams, None
         if streams is not None:
             streams[1].close()
-            with contextlib.suppress(OSError, ConnectionError):
-                await streams[1].wait_closed()
+            with contextlib.suppress(OSError, ConnectionError, TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await streams[1].wait_closed()
+                return
+            streams[1].transport.abort()
 
     async def aclose(self) -> None:
         async with self._lock:
@@ -195,6 +210,17 @@ def _status(line: bytes) -> tuple[bytes, int]:
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
         raise _ProtocolError(f"not an HTTP/1.1 status line: {line[:80]!r}")
     return version, int(code)
+
+
+async def _until_close(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await reader.read(65536):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _ProtocolError(f"an answer of more than {MAX_BODY} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def _chunked(reader: asyncio.StreamReader) -> bytes:

@@ -612,25 +612,40 @@ class MqttSource:
         consume, inbox = self._consume, self._inbox
         if consume is None or not inbox:
             return  # kept until `run` starts
-        readings: list[Reading] = []
+        handled: list[tuple[Delivered, list[Reading]]] = []
         while inbox:
             delivered = inbox.popleft()
             try:
                 got = self.handle(delivered)
-            except Exception:
-                # A bug, not a payload's fault (those are counted in `handle`): the message stays
-                # unacknowledged, the others go on.
-                self._consume_failed(f"handling a message on {delivered.topic}")
+            except Exception as exc:
+                self._cannot_keep(delivered, f"handling it failed: {exc!r}")
                 continue
             if got:
-                readings += got
+                handled.append((delivered, got))
             elif delivered.ack is not None:
                 delivered.ack()
-        if readings:
-            try:
-                consume(readings)
-            except Exception:
-                self._consume_failed(f"keeping {len(readings)} readings")
+        if not handled:
+            return
+        try:
+            consume([reading for _, got in handled for reading in got])
+        except Exception:
+            # A bug with one message's readings: the others are kept one message at a time.
+            for delivered, got in handled:
+                try:
+                    consume(got)
+                except Exception as exc:
+                    self._cannot_keep(delivered, f"keeping its readings failed: {exc!r}")
+
+    def _cannot_keep(self, delivered: Delivered, why: str) -> None:
+        # A bug, not the payload's fault (those are counted in `handle`): logged with its
+        # traceback at most once per LOG_EVERY, counted against its topic, and acknowledged
+        # all the same, or enough of them would fill the broker's window and stop delivery.
+        self._consume_failed(f"{delivered.topic}: {why}")
+        targets = self._targets.get(delivered.topic)
+        machine = targets[0].machine if targets else None
+        self._count(delivered.topic, machine, "not_kept")
+        if delivered.ack is not None:
+            delivered.ack()
 
     def _consume_failed(self, what: str) -> None:
         # Logged with its traceback at most once per LOG_EVERY, with how often it happened.
@@ -639,8 +654,8 @@ class MqttSource:
         if now - self._consume_logged >= LOG_EVERY:
             self._consume_logged = now
             log.exception(
-                "%s: failed %s (%d such failures so far); the broker sends those messages "
-                "again after a reconnection",
+                "%s: a message could not be kept, %s (%d so far, counted as `not_kept`); "
+                "it is acknowledged and lost: please report this bug",
                 self.name,
                 what,
                 self._consume_failures,

@@ -122,6 +122,16 @@ async def test_one_connection_carries_every_request() -> None:
     assert [r.body for r in server.received] == [b"", b"x", b"xx"]
 
 
+async def late_close(writer: asyncio.StreamWriter) -> None:
+    # HTTP/1.0, no length: the body is what comes until the close, here in two parts.
+    writer.write(b'HTTP/1.0 400 Bad Request\r\n\r\n{"error":')
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(b'"unable to parse"}\n')
+    await writer.drain()
+    writer.close()
+
+
 @pytest.mark.parametrize(
     "answer",
     [
@@ -129,19 +139,50 @@ async def test_one_connection_carries_every_request() -> None:
         b'{"error":"unable to parse"}\n',
         b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n"
         b'a;x=1\r\n{"error":"\r\n12\r\nunable to parse"}\n\r\n0\r\nTrailer: t\r\n\r\n',
-        b'HTTP/1.0 400 Bad Request\r\n\r\n{"error":"unable to parse"}\n',
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 400 Bad Request\r\nContent-Length: 28\r\n\r\n"
+        b'{"error":"unable to parse"}\n',
+        late_close,
     ],
-    ids=["content-length", "chunked", "until-close"],
+    ids=["content-length", "chunked", "after-100-continue", "until-close"],
 )
-async def test_an_answer_is_read_however_it_is_framed(answer: bytes) -> None:
+async def test_an_answer_is_read_however_it_is_framed(
+    answer: bytes | Callable[[asyncio.StreamWriter], Awaitable[None]],
+) -> None:
     async with serving(answer, NO_CONTENT) as server, Http1Transport(timeout=5) as transport:
         response = await post(transport, server.url)
         assert response.status_code == 400
         assert response.json() == {"error": "unable to parse"}
         assert response.reason_phrase == "Bad Request"
         assert (await post(transport, server.url)).status_code == 204  # and it goes on
-    closed_after = answer.startswith(b"HTTP/1.0")
-    assert server.connections == (2 if closed_after else 1)
+    assert server.connections == (2 if answer is late_close else 1)
+
+
+async def test_a_server_that_stops_reading_costs_one_timeout_not_a_hang() -> None:
+    stalled: list[asyncio.Task[None]] = []
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        stalled.append(task)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)  # reads nothing: the client's large body fills the buffers
+        writer.close()
+
+    listener = await asyncio.start_server(stall, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    try:
+        async with Http1Transport(timeout=0.3) as transport:
+            started = loop.time()
+            with pytest.raises(httpx.ReadTimeout):
+                await post(transport, f"http://127.0.0.1:{port}", body=b"x" * 50_000_000)
+            assert loop.time() - started < 3  # the connection was cut, not closed politely
+    finally:
+        for task in stalled:
+            task.cancel()
+        await asyncio.gather(*stalled)
+        listener.close()
+        await listener.wait_closed()
 
 
 async def test_a_connection_closed_while_idle_is_replaced_and_the_request_sent_again() -> None:
