@@ -16,7 +16,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from collector.buffer import append_locked, inspect_buffer
-from collector.config import LANGUAGES, Config, ConfigError, Language, load_config
+from collector.config import (
+    LANGUAGES,
+    Config,
+    Language,
+    load_config_or_say,
+)
 from collector.i18n import translate
 from collector.lineprotocol import line_time_ms
 from collector.sinks import RejectedWriteError, WriteError
@@ -48,10 +53,8 @@ def register(commands: Any) -> None:
 
 
 def _buffer(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_say(args.config)
+    if config is None:
         return 1
     lang: Language = args.lang or config.language
     if args.replay_quarantine:

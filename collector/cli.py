@@ -26,11 +26,10 @@ from collector.buffer_cli import register as register_buffer
 from collector.config import (
     LANGUAGES,
     Config,
-    ConfigError,
     Language,
     config_warnings,
     json_schema,
-    load_config,
+    load_config_or_say,
 )
 from collector.db_cli import register as register_db
 from collector.i18n import translate
@@ -205,10 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_say(args.config)
+    if config is None:
         return 1
     machines = len(config.machines)
     modbus = sum(len(m.modbus.signals) for m in config.machines if m.modbus)
@@ -230,10 +227,8 @@ def _collect(args: argparse.Namespace) -> int:
     from collector.buffer import BufferDirectoryError
     from collector.sinks.influxdb import InfluxDBSink
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_say(args.config)
+    if config is None:
         return 1
     influx = config.influxdb
     sink = InfluxDBSink.from_config(influx)
@@ -258,14 +253,6 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(path: Path) -> Config | None:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return None
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -274,7 +261,7 @@ def _stops(args: argparse.Namespace) -> int:
     from collector import stops as stop_api
     from collector.influxql import InfluxQL, QueryError
 
-    config = _load(args.config)
+    config = load_config_or_say(args.config)
     if config is None:
         return 1
     lang: Language = args.lang or config.language
@@ -434,7 +421,7 @@ def _import(args: argparse.Namespace) -> int:
     from collector.sinks.influxdb import InfluxDBSink
     from collector.stops import local_time
 
-    config = _load(args.config)
+    config = load_config_or_say(args.config)
     if config is None:
         return 1
     lang: Language = args.lang or config.language
@@ -534,7 +521,7 @@ def _rollup(args: argparse.Namespace) -> int:
     from collector.sinks import WriteError
     from collector.sinks.influxdb import InfluxDBSink
 
-    config = _load(args.config)
+    config = load_config_or_say(args.config)
     if config is None:
         return 1
     lang: Language = args.lang or config.language

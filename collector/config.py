@@ -11,11 +11,12 @@ import difflib
 import itertools
 import os
 import re
+import sys
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -83,12 +84,17 @@ __all__ = [
     "config_warnings",
     "json_schema",
     "load_config",
+    "load_config_or_say",
     "modicon_address",
     "mqtt_url",
     "parse_config",
+    "parse_yaml_model",
+    "read_config_file",
     "topic_prefix",
     "validation_problems",
 ]
+
+_M = TypeVar("_M", bound=BaseModel)
 
 Table = Literal["coil", "discrete", "holding", "input"]
 SignalType = Literal[
@@ -1648,14 +1654,28 @@ class ConfigError(Exception):
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read, override from the environment and validate a factory file; raise ConfigError."""
+    source, text = read_config_file(path)
+    return parse_config(text, source=source, environ=os.environ if environ is None else environ)
+
+
+def read_config_file(path: str | Path) -> tuple[str, str]:
+    """(source, text) of a config file; ConfigError when it cannot be read."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return source, Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
             source, [ConfigProblem("", f"cannot read the file: {exc.strerror}")]
         ) from None
-    return parse_config(text, source=source, environ=os.environ if environ is None else environ)
+
+
+def load_config_or_say(path: str | Path) -> Config | None:
+    """For commands: the factory file, or None once its problems are printed to stderr."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
 
 
 def _fresh(value: Any) -> Any:
@@ -1679,6 +1699,30 @@ def _fresh(value: Any) -> Any:
 
 def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, str]) -> Config:
     """Validate YAML text; environment variables in ENV_OVERRIDES win over the file."""
+    return parse_yaml_model(
+        text,
+        Config,
+        source=source,
+        mapping="the file must be a mapping with factory, sectors, machines",
+        secrets=_SECRETS,
+        overrides=ENV_OVERRIDES,
+        environ=environ,
+    )
+
+
+def parse_yaml_model(
+    text: str,
+    model: type[_M],
+    *,
+    source: str,
+    mapping: str,
+    secrets: Mapping[str, Mapping[str, str]],
+    overrides: Mapping[str, tuple[str, str]],
+    environ: Mapping[str, str],
+) -> _M:
+    """A config file's YAML as `model`, the environment's overrides applied and secrets refused
+    from the file (`apply_environment`); every problem at once in one ConfigError. `mapping`
+    says what the top level must be."""
     try:
         # libyaml's parser when PyYAML has it: a plant's file of thousands of signals loads in a
         # fraction of the pure-Python parser's time.
@@ -1689,14 +1733,11 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigProblem(where, f"not valid YAML: {problem}")]) from None
     if not isinstance(data, dict):
-        raise ConfigError(
-            source,
-            [ConfigProblem("", "the file must be a mapping with factory, sectors, machines")],
-        )
+        raise ConfigError(source, [ConfigProblem("", mapping)])
     data = _fresh(data)
-    problems = apply_environment(data, _SECRETS, ENV_OVERRIDES, environ)
+    problems = apply_environment(data, secrets, overrides, environ)
     try:
-        config = Config.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as exc:
         problems.extend(_problems(exc))
     if problems:

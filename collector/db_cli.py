@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from collector.config import LANGUAGES, ConfigError, Language, load_config
+from collector.config import LANGUAGES, Language, load_config_or_say
 from collector.dbinit import (
     GRAFANA_PASSWORD,
     GRAFANA_USERNAME,
@@ -65,10 +65,8 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_say(args.config)
+    if config is None:
         return 1
     lang: Language = args.lang or config.language
     try:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from collector.config import LANGUAGES, ConfigError, Language, load_config
+from collector.config import LANGUAGES, Language, load_config_or_say
 from collector.i18n import translate
 from collector.influxql import InfluxQL, QueryError
 from dashboards.kpi import Totals
@@ -117,10 +117,8 @@ def kpi_command(args: argparse.Namespace) -> int:
     if args.end == dt.date.max:
         _error(f"--to {args.end} is past the last date this command can count")
         return 2
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_say(args.config)
+    if config is None:
         return 1
     try:
         chosen = select_machines(config, args.machines, args.sector)

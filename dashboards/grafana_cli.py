@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import TextIO
 from zoneinfo import ZoneInfo
 
-from collector.config import LANGUAGES, Config, ConfigError, Language, load_config
+from collector.config import (
+    LANGUAGES,
+    Config,
+    Language,
+    load_config_or_say,
+)
 from dashboards.grafana import DASHBOARD_NAMES, build_dashboards, write_dashboards
 from dashboards.push import TOKEN_VARIABLE
 
@@ -85,10 +90,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace) -> tuple[Config | None, Language] | None:
     config = None
     if args.config is not None:
-        try:
-            config = load_config(args.config)
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
+        config = load_config_or_say(args.config)
+        if config is None:
             return None
     language: Language = args.lang or (config.language if config else "es")
     return config, language
@@ -132,10 +135,8 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_say(args.config)
+    if config is None:
         return 1
     unknown = sorted(set(args.dashboard) - set(DASHBOARD_NAMES))
     if unknown:

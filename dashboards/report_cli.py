@@ -13,7 +13,12 @@ import tempfile
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from collector.config import LANGUAGES, Config, ConfigError, Language, load_config
+from collector.config import (
+    LANGUAGES,
+    Config,
+    Language,
+    load_config_or_say,
+)
 from collector.i18n import translate
 from collector.influxql import InfluxQL, QueryError
 from collector.sinks import WriteError
@@ -91,10 +96,8 @@ def decision_command(args: argparse.Namespace) -> int:
     if args.list == (args.text is not None):
         _error("give the decision's text, or --list", command="decision")
         return 2
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_say(args.config)
+    if config is None:
         return 1
     zone = ZoneInfo(config.timezone)
     today = dt.datetime.now(zone).date()
@@ -140,10 +143,8 @@ def report_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _error(str(exc))
         return 2
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_say(args.config)
+    if config is None:
         return 1
     language: Language = args.lang or config.language
     try:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from collector.config import Config, ConfigError, load_config
+from collector.config import Config, load_config_or_say
 
 __all__ = ["register"]
 
@@ -40,10 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _maintenance(args: argparse.Namespace) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per migration step is noise
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_say(args.config)
+    if config is None:
         return 1
     from maintenance.tokens import TokenFileError, new_token
 

@@ -15,7 +15,7 @@ import zoneinfo
 from pathlib import Path
 from typing import Any
 
-from collector.config import LANGUAGES, ConfigError, Language, load_config
+from collector.config import LANGUAGES, ConfigError, Language, load_config_or_say
 from collector.i18n import translate
 from collector.influxql import InfluxQL, QueryError
 from collector.mqtt_publish import PublishError
@@ -77,10 +77,8 @@ def register_network(commands: Any) -> None:
 def _share(args: argparse.Namespace) -> int:
     from network.share import MqttPublisher, Sharer, remove_state
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_say(args.config)
+    if config is None:
         return 1
     lang: Language = args.lang or config.language
     sharing = config.network

@@ -9,22 +9,18 @@ import os
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from collector.config import (
-    ConfigError,
-    ConfigProblem,
     InfluxDBConfig,
     Language,
     MqttTLS,
     Name,
-    apply_environment,
     mqtt_url,
+    parse_yaml_model,
+    read_config_file,
     topic_prefix,
-    validation_problems,
 )
 
 __all__ = ["NetworkBroker", "NetworkConfig", "NetworkPlant", "load_network", "parse_network"]
@@ -131,29 +127,19 @@ class NetworkConfig(_Model):
 
 def load_network(path: str | Path, environ: Mapping[str, str] | None = None) -> NetworkConfig:
     """Read and validate a network file; ConfigError with every problem and its path."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        problem = ConfigProblem("", f"cannot read the file: {exc.strerror}")
-        raise ConfigError(source, [problem]) from None
+    source, text = read_config_file(path)
     return parse_network(text, source=source, environ=os.environ if environ is None else environ)
 
 
 def parse_network(
     text: str, *, source: str = "<network>", environ: Mapping[str, str]
 ) -> NetworkConfig:
-    try:
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {exc}")]) from None
-    if not isinstance(data, dict):
-        raise ConfigError(source, [ConfigProblem("", "a mapping with network, broker, plants")])
-    problems = apply_environment(data, _SECRETS, _ENV, environ)
-    try:
-        config = NetworkConfig.model_validate(data)
-    except ValidationError as exc:
-        problems.extend(validation_problems(exc))
-    if problems:
-        raise ConfigError(source, problems)
-    return config
+    return parse_yaml_model(
+        text,
+        NetworkConfig,
+        source=source,
+        mapping="a mapping with network, broker, plants",
+        secrets=_SECRETS,
+        overrides=_ENV,
+        environ=environ,
+    )
