@@ -203,8 +203,8 @@ class Delivery:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
-        self._writing = False
-        self._written_event = asyncio.Event()  # set as each write ends
+        self._not_writing = asyncio.Event()  # cleared while a batch is being written
+        self._not_writing.set()
         self._random = random.Random()
         self._down_since: float | None = None
         self._down_kind: type[Exception] | None = None
@@ -377,12 +377,11 @@ class Delivery:
                 await asyncio.sleep(wait)
                 waited = False
                 continue
-            if self._writing and not waited:
+            if not self._not_writing.is_set() and not waited:
                 waited = True  # once per time due: a hanging sink holds no sync for long
-                self._written_event.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(buffer.fsync_interval * SYNC_GRACE):
-                        await self._written_event.wait()
+                        await self._not_writing.wait()
                 continue  # due still? the lines were not in that batch, or it failed
             waited = False
             try:
@@ -421,7 +420,7 @@ class Delivery:
                 continue
             self._oldest_ms = _time_ms(batch[0])
             started = time.monotonic()
-            self._writing = True
+            self._not_writing.clear()
             try:
                 await self.sink.write_lines(batch)
             except RejectedWriteError as exc:
@@ -430,7 +429,7 @@ class Delivery:
                 self._stored(len(batch) - len(exc.lines), time.monotonic() - started)
                 delay = self.retry_initial
             except Exception as exc:  # any failure holds the batch: only a write stores it
-                self._write_over()
+                self._not_writing.set()  # before the pause: the batch was not stored
                 self._retried += 1
                 self._failed(exc)
                 pause = self.retry_max if isinstance(exc, AuthWriteError) else delay
@@ -440,13 +439,7 @@ class Delivery:
                 self._stored(len(batch), time.monotonic() - started)
                 delay = self.retry_initial
             finally:
-                self._write_over()
-
-    def _write_over(self) -> None:
-        # After the batch's ack, if it was stored: a sync waiting for this write looks again.
-        if self._writing:
-            self._writing = False
-            self._written_event.set()
+                self._not_writing.set()  # after the batch's ack, when it was stored
 
     def _stored(self, n: int, seconds: float) -> None:
         try:
