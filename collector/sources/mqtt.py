@@ -237,7 +237,6 @@ class MqttSource:
         # Messages from paho's callback, handled once the turn's reading is done.
         self._inbox: deque[Delivered] = deque()
         self._consume: Consume | None = None
-        self._arrived = 0  # messages paho handed over, in all
         self._resting: asyncio.TimerHandle | None = None  # the socket's rest (see READ_PAUSE)
         self._consume_failures = 0
         self._consume_logged = -LOG_EVERY
@@ -363,7 +362,7 @@ class MqttSource:
         # paho's loop_read reads one packet whatever it is asked: go on while packets already
         # read wait, up to READ_BURST per turn, so a burst is read in few turns of the loop.
         assert self._loop is not None
-        arrived = self._arrived
+        waiting = len(self._inbox)  # none once `run` has started: each turn hands all on
         for _ in range(READ_BURST):
             if client.loop_read() != paho.MQTT_ERR_SUCCESS or not client.buffered:
                 break
@@ -371,8 +370,9 @@ class MqttSource:
             self._loop.call_soon(self._read, client)  # read already: no wake-up would come for it
             self._deliver()
             return
+        arrived = len(self._inbox) - waiting
         self._deliver()
-        if 0 < self._arrived - arrived < READ_PAUSE_BELOW:
+        if 0 < arrived < READ_PAUSE_BELOW:
             self._rest(client)  # not after a turn that read none: an idle link sleeps
 
     def _rest(self, client: _Client) -> None:
@@ -568,7 +568,6 @@ class MqttSource:
                         self._acking = False
                     self._write(client)
 
-        self._arrived += 1
         self._inbox.append(Delivered(message.topic, bytes(message.payload), received_ms, ack))
 
     def _connect_failed(self, reason: str) -> None:
