@@ -324,7 +324,6 @@ class DiskBuffer:
         self._retired: list[int] = []  # descriptors of full segments, for `sync` to finish
         self._cursor_fd = -1
         self._cursor_sequence = 0
-        self._directory_unsynced = False
         # Since the last sync: each put's end and when (time.monotonic) it was put, oldest first,
         # until InfluxDB acknowledges it; and when a segment file was started (its name and the
         # finished one's tail must survive a power cut too). What `sync_due` is worked out from.
@@ -457,8 +456,7 @@ class DiskBuffer:
             if self._fd >= 0:
                 self._retired.append(self._fd)
             self._fd = fd
-            self._directory_unsynced = True  # the new name must survive a power cut too
-            if self._files_unsynced_since is None:
+            if self._files_unsynced_since is None:  # the new name must survive a power cut
                 self._files_unsynced_since = time.monotonic()
         self._segments.append(_Segment(number, path, 0, 0, 0))
         if not self.fsync_interval:
@@ -698,7 +696,7 @@ class DiskBuffer:
             current = os.dup(self._fd) if self._unsynced and self._fd >= 0 else -1
             self._unsynced = False  # before: a put meanwhile is in this fsync or the next
             retired, self._retired = self._retired, []
-            directory, self._directory_unsynced = self._directory_unsynced, False
+            directory = self._files_unsynced_since is not None
             self._unsynced_puts.clear()
             self._files_unsynced_since = None
         try:
