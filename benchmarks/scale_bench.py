@@ -736,8 +736,8 @@ IMPORT_STAGES = (
     ("+ pymodbus, pyserial, paho-mqtt, protobuf", "import pymodbus.client, paho.mqtt.client"),
     ("+ collector.config (the factory file's models)", "import collector.config"),
     (
-        "+ collector.cli with every `aguante.commands` entry point",
-        "import collector.cli as c; c.build_parser()",
+        "+ collector.cli and the parser of `aguante collect` (no other command's package)",
+        "import collector.cli as c; c.build_parser(plugins=False)",
     ),
     (
         "+ the collector's app, sinks and sources",

@@ -68,6 +68,19 @@ def test_environment_overrides_the_file_and_brings_secrets() -> None:
     assert parse_config(MINIMAL, environ={}).influxdb.database == "from_file"
 
 
+def test_text_repeated_in_the_file_is_one_object_in_the_models() -> None:
+    """A plant's file repeats units, types and names thousands of times; the models keep one
+    copy of each (the collector's memory for 100 devices depends on it)."""
+    text = MINIMAL.replace(
+        "signals: [{name: pressure, register: 40010, type: int16, scale: 0.1}]",
+        "signals: [{name: pressure, table: input, address: 1, unit: bar},"
+        " {name: oil, table: input, address: 2, unit: bar}]",
+    )
+    first, second = parse_config(text, environ={}).machines[0].modbus.signals  # type: ignore[union-attr]
+    assert first.unit == second.unit == "bar"
+    assert first.unit is second.unit
+
+
 def test_modicon_register_is_one_based_and_explicit() -> None:
     signal = parse_config(MINIMAL, environ={}).machines[0].modbus.signals[0]  # type: ignore[union-attr]
     assert (signal.wire_table, signal.wire_address) == ("holding", 9)
