@@ -50,6 +50,7 @@ import maintenance_bench  # noqa: E402
 import mqtt_bench  # noqa: E402
 import network_bench  # noqa: E402
 import nodered  # noqa: E402
+import pyspy  # noqa: E402
 import serial_bench  # noqa: E402
 from machine import machine_description  # noqa: E402
 from procstat import cpu_seconds, peak_rss_kib  # noqa: E402
@@ -62,6 +63,7 @@ FACTORY = "bench"
 SECTOR = "bench"
 CPU_TARGET = 1.0  # aguante's CPU per value stored, as a multiple of the plain loop's
 NODE_RED_FACTOR = 10.0  # … and at least this many times less than Node-RED's
+PROFILED = ("plain loop", "aguante")  # py-spy reads Python processes only
 _PR_SET_PDEATHSIG = 1
 KPI_SHAPE = "kpi-year"  # a year of minute rollups for 50 machines, then KPI queries
 MAINTENANCE_SHAPE = maintenance_bench.MAINTENANCE_SHAPE  # rule cycles and the ticket API
@@ -277,6 +279,8 @@ class Measurement:
     # CPU s per 1,000 values of every round of this contender, when it ran several (this is
     # the round with the median)
     rounds: list[float] = field(default_factory=list)
+    # py-spy on this contender after the measured window of its last round (Python ones only)
+    profile: pyspy.Profile | None = None
 
     @property
     def cpu_per_1000_values(self) -> float:
@@ -457,7 +461,10 @@ def measure(
     *,
     seconds: float,
     warmup: float,
+    profile_seconds: float = 0.0,
 ) -> Measurement:
+    """One run of `contender`; with `profile_seconds`, py-spy on it after the measured window
+    (its sampling touches none of the measured figures)."""
     result = Measurement(contender.name, target.shape)
     command = contender.command(target)
     influx.create_database(target.database)  # fresh for each; aguante's own CREATE is a no-op
@@ -499,6 +506,14 @@ def measure(
             raise RuntimeError(f"{contender.name} exited while measured:\n{_tail(err_path)}")
         after = snapshot(process.pid)
         result.peak_rss_kib = peak_rss_kib(process.pid)
+        if profile_seconds > 0:
+            print(f"   profiling {contender.name} for {profile_seconds:g} s (py-spy)", flush=True)
+            output = target.workdir / f"{target.database}.profile"
+            profile = pyspy.record_profile(process.pid, profile_seconds, output, top=10)
+            if isinstance(profile, str):
+                result.problems.append(profile)
+            else:
+                result.profile = profile
     finally:
         result.exit_code = stop_process(process)
     result.window_s = after.time - before.time
@@ -686,6 +701,53 @@ def shape_table(shape: Shape, results: list[Measurement]) -> list[str]:
     for m in results:
         lines += [f"- note ({m.contender}): {problem}" for problem in m.problems]
     lines.append("")
+    lines += profile_lines(results)
+    return lines
+
+
+def profile_lines(results: Sequence[Measurement]) -> list[str]:
+    """Where the Python contenders' CPU went (py-spy after their last round), and what the
+    Node-RED target asks of aguante against the plain loop: the profile that explains a miss."""
+    profiled = [m for m in results if m.profile is not None and m.profile.samples]
+    if not profiled:
+        return []
+    lines = [
+        f"Profiles (py-spy, {pyspy.RATE} samples a second for the seconds after each one's last "
+        "round; idle waits left out), own time by library, share of busy samples: "
+        + "; ".join(
+            f"{m.contender} ({m.profile.samples:,} samples): {pyspy.area_summary(m.profile)}"
+            for m in profiled
+            if m.profile is not None
+        )
+        + "."
+    ]
+    plain = next((m for m in results if m.contender == "plain loop"), None)
+    node_red = next((m for m in results if m.contender == nodered.NodeRed.name), None)
+    if plain is not None and node_red is not None and plain.cpu_per_1000_values > 0:
+        floor = node_red.cpu_per_1000_values / plain.cpu_per_1000_values
+        lines[-1] += (
+            f" Node-RED spent {floor:.1f}× the plain loop's CPU per value here, so "
+            f"{NODE_RED_FACTOR:.0f}× less than Node-RED means "
+            f"{floor / NODE_RED_FACTOR:.2f}× the plain loop's — "
+            + (
+                "less than the plain loop itself, the floor a Python collector on pymodbus "
+                "and asyncio stands on (the profiles show where that floor's CPU goes)."
+                if floor < NODE_RED_FACTOR
+                else "within reach of a Python collector."
+            )
+        )
+    aguante = next((m for m in profiled if m.contender == "aguante"), None)
+    if aguante is not None and aguante.profile is not None:
+        lines += [
+            "",
+            "| aguante: function (file) | own % | with callees % |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| `{fn.replace('|', '/')}` | {own:.1f} | {total:.1f} |"
+            for fn, own, total in aguante.profile.top
+        ]
+    lines.append("")
     return lines
 
 
@@ -830,8 +892,15 @@ def run(
                             f"{args.warmup:g} s warm-up, {args.seconds:g} s measured",
                             flush=True,
                         )
+                        profiled = round_ + 1 == args.rounds and contender.name in PROFILED
                         m = measure(
-                            contender, target, sim, influx, seconds=args.seconds, warmup=args.warmup
+                            contender,
+                            target,
+                            sim,
+                            influx,
+                            seconds=args.seconds,
+                            warmup=args.warmup,
+                            profile_seconds=args.profile_seconds if profiled else 0.0,
                         )
                         runs.setdefault(contender.name, []).append(m)
                         print(
@@ -842,6 +911,8 @@ def run(
                             flush=True,
                         )
                 results[shape_name] = [median_round(ms) for ms in runs.values()]
+                for median, ms in zip(results[shape_name], runs.values(), strict=True):
+                    median.profile = next((m.profile for m in ms if m.profile), None)
         mqtt_results = mqtt_bench.run_mqtt(
             [s for s in args.shapes if s in mqtt_bench.MQTT_SHAPES],
             workdir=workdir,
@@ -881,6 +952,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=3,
         help="runs of each contender per Modbus shape, interleaved; the median is reported (3)",
+    )
+    parser.add_argument(
+        "--profile-seconds",
+        type=float,
+        default=15.0,
+        help="py-spy on the Python contenders after their last Modbus round (15; 0: none)",
     )
     parser.add_argument(
         "--repeat", type=int, default=2, help="runs of each contender per MQTT shape (2)"

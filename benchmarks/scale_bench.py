@@ -27,7 +27,6 @@ import json
 import math
 import os
 import resource
-import shutil
 import signal
 import socket
 import statistics
@@ -37,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +48,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))  # run.py imports its siblings by their bare names
 
 from procstat import cpu_seconds, peak_rss_kib  # noqa: E402
+from pyspy import record_profile  # noqa: E402
 from run import (  # noqa: E402
     ROOT,
     Aguante,
@@ -403,70 +402,16 @@ class Prober:
 # -- the profile ---------------------------------------------------------------------------------
 
 
-def py_spy() -> str | None:
-    found = shutil.which("py-spy", path=str(Path(sys.executable).parent))
-    return found or shutil.which("py-spy")
-
-
-AREAS = (
-    ("pymodbus", "pymodbus"),
-    ("asyncio", "asyncio/"),
-    ("httpx/httpcore", "http"),
-    ("collector", "collector/"),
-    ("pydantic", "pydantic"),
-)
-
-
-def _area(frame: str) -> str:
-    where = frame[frame.rfind("(") + 1 :]
-    for name, needle in AREAS:
-        if needle in where:
-            return name
-    return "other (stdlib, C calls)" if where.endswith(")") else "other"
-
-
-def summarize_profile(
-    raw: str, top: int = 15
-) -> tuple[int, list[tuple[str, float, float]], list[tuple[str, float]]]:
-    """From py-spy's collapsed stacks ("frame;frame;… count", idle excluded): samples, the `top`
-    functions by self time (function, self %, total %), and self time by library area."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    areas: Counter[str] = Counter()
-    total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
-        if not frames:
-            continue
-        total += count
-        own[frames[-1]] += count
-        areas[_area(frames[-1])] += count
-        for frame in set(frames):
-            inclusive[frame] += count
-    if not total:
-        return 0, [], []
-    table = [(f, 100 * n / total, 100 * inclusive[f] / total) for f, n in own.most_common(top)]
-    by_area = [(a, 100 * n / total) for a, n in areas.most_common()]
-    return total, table, by_area
-
-
 def _profile(pid: int, seconds: float, workdir: Path, m: ScaleMeasurement) -> None:
-    spy = py_spy()
-    if spy is None:
-        m.problems.append("py-spy is not installed: no profile")
+    profile = record_profile(pid, seconds, workdir / "profile.txt")
+    if isinstance(profile, str):
+        m.problems.append(profile)
         return
-    out = workdir / "profile.txt"
-    command = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100"]
-    command += ["--format", "raw", "--nolineno", "--nonblocking", "--output", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
-    if result.returncode != 0 or not out.exists():
-        m.problems.append(f"py-spy failed: {result.stderr.strip().splitlines()[-1:]}")
-        return
-    m.profile_samples, m.profile_top, m.profile_by_area = summarize_profile(out.read_text())
+    m.profile_samples, m.profile_top, m.profile_by_area = (
+        profile.samples,
+        profile.top,
+        profile.by_area,
+    )
 
 
 # -- scale ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import pyspy  # noqa: E402
 import scale_bench  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,7 @@ def test_scale_runs_and_measures() -> None:
     assert all(lo <= up for lo, up in zip(m.latency_lower_ms, m.latency_upper_ms, strict=True))
     assert m.rss_mib > 0 and m.peak_rss_mib >= m.rss_mib * 0.9
     assert not math.isnan(m.cpu_share)
-    if scale_bench.py_spy() is not None:
+    if pyspy.py_spy() is not None:
         assert m.profile_samples >= 0  # a nearly idle collector may give few samples
     lines = scale_bench.report_lines(m, None)
     assert "## Scale: 1,000 Modbus devices on one core" in lines
@@ -81,7 +82,7 @@ def test_profile_summary() -> None:
         "execute (pymodbus/transaction.py) 3\n"
         "process 1:python;thread 1;run (asyncio/base_events.py) 1\n"
     )
-    samples, top, areas = scale_bench.summarize_profile(raw)
+    samples, top, areas = pyspy.summarize_profile(raw)
     assert samples == 4
     assert top[0] == ("execute (pymodbus/transaction.py)", 75.0, 75.0)
     assert dict(areas) == {"pymodbus": 75.0, "asyncio": 25.0}

@@ -28,6 +28,7 @@ def test_the_modbus_benchmark_runs_and_reports_numbers_for_each_contender(
         "--warmup", "4",
         "--contenders", "plain loop,aguante",
         "--rounds", "2",
+        "--profile-seconds", "2",
         "--output", str(report),
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
