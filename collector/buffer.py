@@ -30,7 +30,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -263,7 +263,9 @@ class DiskBuffer:
         fsync_interval: float = 1.0,
         when_full: WhenFull = "drop_oldest",
         cache_lines: int = 100_000,
+        fsync: Callable[[int], None] = os.fsync,
     ) -> None:
+        """`fsync` is os.fsync but for tests of a disk that fails it."""
         if segment_bytes < 4096:
             raise ValueError(f"segment_bytes must be at least 4096, not {segment_bytes}")
         if max_bytes < 4 * segment_bytes:
@@ -283,6 +285,7 @@ class DiskBuffer:
         self.fsync_interval = fsync_interval
         self.when_full = when_full
         self.cache_lines = cache_lines
+        self._fsync = fsync
         try:
             directory.mkdir(parents=True, exist_ok=True)
             self._lock = (directory / "lock").open("a+b")
@@ -691,36 +694,65 @@ class DiskBuffer:
     def sync(self) -> None:
         """fsync what was put since the last sync. Safe to call from another thread (the
         delivery does, every `fsync_interval`, so a slow SD card never stalls the polling):
-        the lock is held only to take copies of the descriptors, never during an fsync."""
+        the lock is held only to take copies of the descriptors, never during an fsync.
+
+        When an fsync fails (OSError) nothing of this sync counts as done: the segments, the
+        directory and the lines waiting for it are due again, and the next sync tries them all
+        once more. (After an I/O error Linux may have dropped the pages it could not write, so
+        a later fsync that succeeds does not prove they reached the disk: the delivery logs the
+        error each time.)"""
         with self._fd_lock:
             current = os.dup(self._fd) if self._unsynced and self._fd >= 0 else -1
             self._unsynced = False  # before: a put meanwhile is in this fsync or the next
             retired, self._retired = self._retired, []
-            directory = self._files_unsynced_since is not None
+            files_since = self._files_unsynced_since
+            puts = list(self._unsynced_puts)
             self._unsynced_puts.clear()
             self._files_unsynced_since = None
         try:
-            for fd in retired:
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            while retired:
+                self._fsync(retired[0])
+                os.close(retired.pop(0))
             if current >= 0:
-                os.fsync(current)
-            if directory:
-                _fsync_directory(self.directory)
+                self._fsync(current)
+            if files_since is not None:
+                self._fsync_directory()
+        except BaseException:
+            with self._fd_lock:
+                self._retired[:0] = retired
+                self._unsynced = self._unsynced or current >= 0
+                self._unsynced_puts.extendleft(reversed(puts))
+                later = self._files_unsynced_since
+                if files_since is not None and (later is None or files_since < later):
+                    self._files_unsynced_since = files_since
+            raise
         finally:
             if current >= 0:
                 os.close(current)
 
+    def _fsync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            self._fsync(fd)
+        finally:
+            os.close(fd)
+
     def close(self) -> None:
-        """Sync and release the directory; closing again does nothing."""
-        if self._fd >= 0:
-            self._unsynced = True  # whatever the last sync saw: once more, to be sure
-            self.sync()
-            with self._fd_lock:
-                os.close(self._fd)
-                self._fd = -1
+        """Sync and release the directory; closing again does nothing. A sync that fails is
+        raised once everything is released."""
+        try:
+            if self._fd >= 0:
+                self._unsynced = True  # whatever the last sync saw: once more, to be sure
+                self.sync()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._fd_lock:
+            for fd in (*self._retired, self._fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._retired, self._fd = [], -1
         if self._cursor_fd >= 0:
             os.close(self._cursor_fd)
             self._cursor_fd = -1
@@ -728,14 +760,6 @@ class DiskBuffer:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
             self._lock.close()
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ corrupt records, the lock, `inspect_buffer`, and a stateful model check with cra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -915,3 +916,64 @@ def test_a_sync_is_due_an_interval_after_a_put_unless_influxdb_stored_it_first(
     assert buffer.sync_due is not None  # the new file, even with its lines stored
     buffer.sync()
     assert buffer.sync_due is None
+
+
+class FailingDisk:
+    """An fsync that fails while `failing`, and remembers which descriptors it synced."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.synced: list[int] = []
+
+    def __call__(self, fd: int) -> None:
+        if self.failing:
+            raise OSError(5, "Input/output error")
+        os.fsync(fd)
+        self.synced.append(fd)
+
+
+def _open_fds() -> set[str]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the listing's own descriptor, gone
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
+
+
+def test_a_failed_sync_leaves_everything_due_for_the_next(
+    tmp_path: Path, buffers: list[DiskBuffer]
+) -> None:
+    disk = FailingDisk()
+    buffer = open_buffer(tmp_path / "b", fsync=disk)
+    buffers.append(buffer)
+    buffer.sync()
+    buffer.put(["m v=1i 1" + "x" * SEGMENT])  # fills the first segment: retired, not yet synced
+    buffer.put(["m v=2i 2"])  # in a new segment file, whose name the directory must keep
+    assert len(buffer._retired) == 1
+    due = buffer.sync_due
+    assert due is not None
+    disk.failing = True
+    with pytest.raises(OSError):
+        buffer.sync()
+    assert buffer.sync_due == due  # still due, from as early as before
+    assert len(buffer._retired) == 1  # the full segment kept for the next sync, not closed
+    disk.failing, disk.synced = False, []
+    buffer.sync()
+    assert buffer.sync_due is None and not buffer._retired
+    assert len(disk.synced) == 3  # the full segment, the current one, the directory
+
+
+def test_closing_after_a_failed_sync_releases_every_descriptor(tmp_path: Path) -> None:
+    before = _open_fds()
+    disk = FailingDisk()
+    buffer = open_buffer(tmp_path / "b", fsync=disk)
+    buffer.put(["m v=1i 1" + "x" * SEGMENT])
+    buffer.put(["m v=2i 2"])
+    disk.failing = True
+    with pytest.raises(OSError):
+        buffer.close()
+    assert _open_fds() == before
+    disk.failing = False
+    reopened = open_buffer(tmp_path / "b")  # the directory's lock was released too
+    assert reopened.take(10)[1] == "m v=2i 2"
+    reopened.close()
