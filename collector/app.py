@@ -70,6 +70,8 @@ class Collector:
         self._previous_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None
         self._previous_handler = None
         self._undecodable_logged = -UNDECODABLE_LOG_INTERVAL
+        self._state_errors = 0
+        self._state_error_logged = -UNDECODABLE_LOG_INTERVAL
 
     def _now_ms(self) -> int:
         return round(self._clock() * 1000)
@@ -158,17 +160,19 @@ class Collector:
 
     async def _pump(self, source: Source, delivery: Delivery) -> None:
         def keep(readings: Sequence[Reading]) -> None:
-            points = [self.to_point(reading) for reading in readings]
+            # Into the buffer, then acknowledged, then shown to the machine states. A reading
+            # the buffer cannot take (disk full) is not acknowledged: the broker keeps it and
+            # sends it again after a reconnection, and only then do the states count it. And
+            # when keeping a turn's readings fails, which the MQTT source then tries one
+            # message at a time, no state has counted them yet (a counter seen twice would
+            # count as a restart).
+            if not delivery.submit([self.to_point(reading) for reading in readings]):
+                return
+            for reading in readings:
+                if reading.ack is not None:
+                    reading.ack()
             if self.capacity is not None:
-                for reading in readings:
-                    points += self.capacity.observe(reading)
-            # One write to the buffer; acknowledged only once it is on disk: if the buffer
-            # cannot take them (disk full), the broker keeps the messages and sends them again
-            # after a reconnection.
-            if delivery.submit(points):
-                for reading in readings:
-                    if reading.ack is not None:
-                        reading.ack()
+                self._observe(self.capacity, readings, delivery)
 
         while True:
             try:
@@ -186,6 +190,30 @@ class Collector:
                     "%s: source failed; restarting in %.0f s", source.name, self._restart_delay
                 )
                 await asyncio.sleep(self._restart_delay)
+
+    def _observe(
+        self, capacity: CapacityTracker, readings: Sequence[Reading], delivery: Delivery
+    ) -> None:
+        points: list[Point] = []
+        for reading in readings:
+            try:
+                points += capacity.observe(reading)
+            except Exception:
+                # A bug in one machine's state must not cost the readings (stored already)
+                # or the other machines' states.
+                self._state_errors += 1
+                now = time.monotonic()
+                if now - self._state_error_logged >= UNDECODABLE_LOG_INTERVAL:
+                    self._state_error_logged = now
+                    log.exception(
+                        "%s: machine state could not take a reading (%d such failures so "
+                        "far, said again at most every %.0f min); please report this bug",
+                        reading.machine,
+                        self._state_errors,
+                        UNDECODABLE_LOG_INTERVAL / 60,
+                    )
+        if points:
+            delivery.submit(points)
 
     async def _track(self, capacity: CapacityTracker, delivery: Delivery) -> None:
         saved = time.monotonic()

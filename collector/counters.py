@@ -9,6 +9,7 @@ is plausible counts nothing and is reported.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from collector.config import PartCounter, Signal
@@ -50,6 +51,8 @@ class PartTally:
             return self.counter.parts_per_count if edge else 0
         if isinstance(value, bool) or not isinstance(value, int | float):
             return 0
+        if not math.isfinite(value):
+            return 0  # a failed sensor's "nan": no count, and the last good one stays
         current = round(value)
         previous, self.last = self.last, current
         if previous is None:

@@ -283,3 +283,66 @@ async def test_states_stops_and_minutes_survive_a_restart(tmp_path: Path) -> Non
     assert {"running", "idle", "unknown"} <= set(states)
     stops = [p for p in sink.points if p.measurement == "stop" and p.fields["open"] is False]
     assert stops and all(float(p.fields["duration_s"]) > 0 for p in stops)
+
+
+class TurnSource:
+    """Hands its readings over in one call, as the MQTT source hands over a turn's messages,
+    then waits to be stopped."""
+
+    name = "turn"
+    kind = "scripted"
+
+    def __init__(self, readings: list[Reading]) -> None:
+        self.readings = readings
+        self.starts = 0
+
+    def health_records(self) -> list[HealthRecord]:
+        return []
+
+    def unavailable(self) -> list[Unavailable]:
+        return []
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def run(self, consume: Consume) -> None:
+        self.starts += 1
+        consume(self.readings)
+        await asyncio.Event().wait()
+
+
+async def test_a_counter_read_as_nan_is_stored_without_it_and_counts_no_parts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A board whose sensor failed publishes "nan" (ESPHome, Tasmota); a float32 register can
+    # hold one too. Neither may cost the other readings, restart the source or count parts.
+    config = parse_config(STATE_CONFIG, environ={})
+    start = 1_764_000_000_000
+    values: list[float] = [100, 101, float("nan"), float("inf"), 104]
+    readings = [
+        Reading("press-1", start + n * 1000, {"cycles": v, "motor": True})
+        for n, v in enumerate(values)
+    ]
+    sink, source = MemorySink(), TurnSource(readings)
+    collector = Collector(
+        config,
+        sink=sink,
+        sources=[source],
+        quarantine_path=tmp_path / "q",
+        buffer_path=tmp_path / "buffer",
+        state_path=tmp_path / "state.json",
+        clock=lambda: start / 1000 + 5,
+        restart_delay=0.05,
+    )
+    with caplog.at_level(logging.WARNING):
+        await run_for(collector, 0.3)
+    assert source.starts == 1, caplog.text
+    assert "machine state could not take a reading" not in caplog.text  # no bug to report
+    stored = [p.fields.get("cycles") for p in sink.points if p.measurement == READING]
+    assert stored == [100, 101, None, None, 104]
+    assert collector.capacity is not None
+    saved = collector.capacity.trackers["press-1"]
+    assert sum(m.produced for m in saved.minutes.values()) == 4
