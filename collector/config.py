@@ -188,7 +188,13 @@ class InfluxDBConfig(_Model):
     token: str | None = Field(None, description="Only from AGUANTE_INFLUXDB_TOKEN.")
     create_database: bool = Field(True, description="Run CREATE DATABASE on start (idempotent).")
     gzip: bool = False
-    timeout: float = Field(5.0, gt=0, le=120)
+    timeout: float = Field(
+        5.0,
+        gt=0,
+        le=120,
+        description="Seconds a write may take in all, connecting and the answer included, "
+        "plus one per 64 KiB it sends (http://).",
+    )
     batch_size: int = Field(5000, ge=1, le=50_000)
     flush_interval: float = Field(1.0, gt=0, le=60)
     max_buffered_points: int = Field(
@@ -216,6 +222,12 @@ class InfluxDBConfig(_Model):
     def _http_url(cls, url: str) -> str:
         if not re.match(r"^https?://[^/\s]+", url):
             raise ValueError(f"{url!r} is not an http(s) URL, e.g. http://127.0.0.1:8086")
+        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            # Not echoed: the part before the @ is a password.
+            raise ValueError(
+                "the URL carries a user name or password, which are not read from it: set "
+                "AGUANTE_INFLUXDB_USERNAME and AGUANTE_INFLUXDB_PASSWORD in the environment"
+            )
         return url.rstrip("/")
 
 

@@ -11,7 +11,9 @@ Only what InfluxDB's HTTP API needs: plain `http://` (https goes through httpx's
 bodies given whole, answers sized by Content-Length, chunked or ended by a close; no proxies, no
 redirects, no upgrades. A request on a kept-alive connection that the server closed
 meanwhile (or as the request came) is sent once more on a new one: writes to InfluxDB are
-idempotent. `timeout` bounds a request as a whole, connecting, sending and the answer together.
+idempotent. `timeout` bounds a request as a whole, connecting, sending and the answer
+together, plus a second for each 64 KiB of its body: a batch that crosses a slow link to a
+network's InfluxDB is given time for its size, so that retrying it is not the same timeout again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ MAX_LINE = 64 * 1024  # a status or header line longer than this is not an Influ
 MAX_HEADERS = 100
 MAX_BODY = 64 * 1024 * 1024  # an answer larger than this is refused (InfluxDB's are small)
 CLOSE_WAIT = 1.0  # seconds a graceful close may take before the connection is cut
+SLOW_LINK = 64 * 1024  # bytes a second a body is given on top of `timeout` (a 512 kbit/s link)
 
 
 class _ProtocolError(Exception):
@@ -38,10 +41,12 @@ class _ProtocolError(Exception):
 class Http1Transport(httpx.AsyncBaseTransport):
     """`handle_async_request` for `http://` URLs, each within `timeout` seconds in all."""
 
-    def __init__(self, *, timeout: float) -> None:
+    def __init__(self, *, timeout: float, slow_link: float = SLOW_LINK) -> None:
+        """`slow_link`: the bytes a second a request's body is given time for, on top."""
         if not timeout > 0:
             raise ValueError(f"timeout must be more than 0 seconds, not {timeout}")
         self.timeout = timeout
+        self.slow_link = slow_link
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._origin: tuple[str, int] | None = None
         self._lock = asyncio.Lock()  # one request at a time on the one connection
@@ -59,8 +64,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
             if self._origin != origin:
                 await self._close()
                 self._origin = origin
+            allowed = self.timeout + len(body) / self.slow_link
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(allowed):
                     reused = self._streams is not None
                     try:
                         return await self._exchange(request, head, body)
@@ -73,8 +79,10 @@ class Http1Transport(httpx.AsyncBaseTransport):
                     return await self._exchange(request, head, body)
             except TimeoutError as exc:
                 self._abort()  # where the answer stands is unknown: start afresh
+                if exc.errno is not None:  # the network's (ETIMEDOUT), not our deadline
+                    raise httpx.ReadError(str(exc), request=request) from exc
                 raise httpx.ReadTimeout(
-                    f"no answer within {self.timeout} s", request=request
+                    f"no answer within {allowed:.3g} s", request=request
                 ) from exc
             except _ConnectFailed as exc:
                 self._abort()
@@ -84,6 +92,9 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 raise httpx.ReadError(
                     str(exc) or "the server closed the connection", request=request
                 ) from exc
+            except OSError as exc:  # the network: no route to the host any more, and such
+                self._abort()
+                raise httpx.ReadError(str(exc), request=request) from exc
             except (_ProtocolError, asyncio.LimitOverrunError, ValueError) as exc:
                 self._abort()
                 raise httpx.RemoteProtocolError(str(exc), request=request) from exc
@@ -115,6 +126,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
             if not status_line:
                 raise _Closed("the server closed the connection")
             version, status = _status(status_line)
+            if status == 101:
+                raise _ProtocolError("a switch of protocols, which was not asked for")
             if not 100 <= status < 200:
                 break
             while (await reader.readline()) not in (b"\r\n", b"\n", b""):
@@ -132,15 +145,25 @@ class Http1Transport(httpx.AsyncBaseTransport):
             if not colon:
                 raise _ProtocolError(f"not a header line: {line[:80]!r}")
             headers.append((name.strip(), value.strip()))
-        fields = {name.lower(): value for name, value in headers}
+        fields: dict[bytes, bytes] = {}
+        for name, value in headers:
+            key = name.lower()
+            if key == b"content-length" and fields.get(key, value) != value:
+                raise _ProtocolError("two different Content-Length headers")
+            fields[key] = value
         keep = version == b"HTTP/1.1" and fields.get(b"connection", b"").lower() != b"close"
+        coding = fields.get(b"transfer-encoding")
         if status in (204, 304) or request.method == "HEAD":
-            content = b""
-        elif fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+            content = b""  # none, whatever the headers say
+            if request.method != "HEAD" and (coding or fields.get(b"content-length", b"0") != b"0"):
+                keep = False  # a body it should not have sent would be read as the next answer
+        elif coding is not None:
+            if coding.lower() != b"chunked":
+                raise _ProtocolError(f"an answer in transfer coding {coding[:40]!r}")
             content = await _chunked(reader)
         elif b"content-length" in fields:
-            length = int(fields[b"content-length"])
-            if not 0 <= length <= MAX_BODY:
+            length = _digits(fields[b"content-length"], 10, "Content-Length")
+            if length > MAX_BODY:
                 raise _ProtocolError(f"an answer of {length} bytes")
             content = await reader.readexactly(length)
         else:
@@ -206,10 +229,27 @@ def _why(exc: BaseException | None) -> str:
 def _status(line: bytes) -> tuple[bytes, int]:
     # The reason phrase is left: httpx gives the status code's own.
     version, _, rest = line.rstrip(b"\r\n").partition(b" ")
-    code = rest[:3]
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
+    code, after = rest[:3], rest[3:4]
+    if (
+        version not in (b"HTTP/1.1", b"HTTP/1.0")
+        or len(code) != 3
+        or not code.isdigit()
+        or after not in (b"", b" ")
+    ):
         raise _ProtocolError(f"not an HTTP/1.1 status line: {line[:80]!r}")
     return version, int(code)
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _digits(text: bytes, base: int, what: str) -> int:
+    # int() would take "+5", " 5" and "1_0" too: an answer framed so is not trusted.
+    ok = bool(text) and len(text) <= 16
+    ok = ok and (text.isdigit() if base == 10 else all(c in _HEX for c in text))
+    if not ok:
+        raise _ProtocolError(f"{what} {text[:40]!r} is not a number")
+    return int(text, base)
 
 
 async def _until_close(reader: asyncio.StreamReader) -> bytes:
@@ -230,7 +270,7 @@ async def _chunked(reader: asyncio.StreamReader) -> bytes:
         line = await reader.readline()
         if not line:
             raise _Closed("the server closed the connection in the middle of an answer")
-        length = int(line.split(b";", 1)[0].strip(), 16)
+        length = _digits(line.split(b";", 1)[0].strip(), 16, "chunk size")
         if length == 0:
             while (await reader.readline()) not in (b"\r\n", b"\n", b""):
                 pass  # trailers: none wanted

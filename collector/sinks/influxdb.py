@@ -121,6 +121,11 @@ class InfluxDBSink:
                 f"InfluxDB url {url!r} must not carry a query string; "
                 "give database and credentials as their own settings"
             )
+        if parsed.userinfo:
+            raise ValueError(
+                "InfluxDB url must not carry a user name or password (they would not be sent); "
+                "give them as username and password"
+            )
         if not database:
             raise ValueError("InfluxDB database name is empty: set the database to write to")
         if (username is None) != (password is None):

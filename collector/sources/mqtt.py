@@ -3,7 +3,11 @@ plain values and Sparkplug B, as the factory file maps their topics to machines 
 
 One broker connection for the whole config, with a persistent session and QoS 1: messages sent
 while the collector was away are delivered when it returns, and each is acknowledged only after
-its readings are in the buffer. paho runs on the event loop (its socket callbacks), no thread.
+its readings are in the buffer. (Two exceptions, both counted: a message that gives no reading —
+malformed, unknown topic, availability only — is acknowledged as it is handled; and one whose
+readings a bug keeps from being kept is counted as `not_kept`, logged and acknowledged, lost,
+or enough of them would fill the broker's window and stop delivery.) paho runs on the event
+loop (its socket callbacks), no thread.
 
 The messages one turn of the loop reads are handled and handed on together (one write to the
 buffer, then their acks). When a turn reads only a few, the socket is left unread for

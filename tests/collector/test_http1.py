@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from collector.sinks.http1 import MAX_BODY, Http1Transport
+from collector.sinks.http1 import CLOSE_WAIT, MAX_BODY, Http1Transport
 
 
 @dataclass
@@ -172,11 +172,12 @@ async def test_a_server_that_stops_reading_costs_one_timeout_not_a_hang() -> Non
     port = listener.sockets[0].getsockname()[1]
     loop = asyncio.get_running_loop()
     try:
-        async with Http1Transport(timeout=0.3) as transport:
+        async with Http1Transport(timeout=0.3, slow_link=float("inf")) as transport:
             started = loop.time()
             with pytest.raises(httpx.ReadTimeout):
                 await post(transport, f"http://127.0.0.1:{port}", body=b"x" * 50_000_000)
-            assert loop.time() - started < 3  # the connection was cut, not closed politely
+            # Cut, not closed politely: that would wait CLOSE_WAIT more for the stalled server.
+            assert loop.time() - started < 0.3 + CLOSE_WAIT
     finally:
         for task in stalled:
             task.cancel()
@@ -244,11 +245,29 @@ async def test_a_server_that_does_not_answer_times_out_and_the_next_request_star
     [
         (b"SSH-2.0-OpenSSH_9.2\r\n", "not an HTTP/1.1 status line"),
         (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "not a header line"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n", "invalid literal"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n", "is not a number"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n{}", "is not a number"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "two differ"),
         (f"HTTP/1.1 200 OK\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n".encode(), "an answer of"),
         (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "limit"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "transfer coding"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1_0\r\n", "chunk size"),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "switch of protocols"),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "not an HTTP/1.1 status line"),
     ],
-    ids=["not-http", "bad-header", "bad-length", "too-large", "long-line"],
+    ids=[
+        "not-http",
+        "bad-header",
+        "bad-length",
+        "signed-length",
+        "two-lengths",
+        "too-large",
+        "long-line",
+        "other-coding",
+        "bad-chunk-size",
+        "upgrade",
+        "four-digit-status",
+    ],
 )
 async def test_an_answer_that_is_not_http_is_a_protocol_error(answer: bytes, message: str) -> None:
     async with serving(answer) as server, Http1Transport(timeout=5) as transport:
@@ -285,3 +304,26 @@ async def test_only_plain_http_is_served_and_a_header_cannot_smuggle_a_line() ->
             await post(transport, "http://127.0.0.1:1", Authorization="Token t\r\nX-Evil: 1")
     with pytest.raises(ValueError, match="timeout must be more than 0 seconds, not 0"):
         Http1Transport(timeout=0)
+
+
+async def test_a_204_that_carries_a_body_anyway_is_not_read_into_the_next_answer() -> None:
+    wrong = b"HTTP/1.1 204 No Content\r\nContent-Length: 20\r\n\r\nHTTP/1.1 500 Oops\r\n\r\n"
+    async with serving(wrong, NO_CONTENT) as server, Http1Transport(timeout=5) as transport:
+        assert (await post(transport, server.url)).status_code == 204
+        assert (await post(transport, server.url)).status_code == 204
+        assert server.connections == 2  # the first, with its stray bytes, was not kept
+
+
+async def test_a_large_body_is_given_time_for_its_size() -> None:
+    async def slow(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.4)  # longer than the timeout, shorter than the time for the body
+        writer.write(NO_CONTENT)
+
+    async with (
+        serving(slow, slow) as server,
+        Http1Transport(timeout=0.2, slow_link=1_000_000) as transport,
+    ):
+        response = await post(transport, server.url, body=b"m v=1 1\n" * 100_000)  # +0.8 s
+        assert response.status_code == 204
+        with pytest.raises(httpx.ReadTimeout):
+            await post(transport, server.url)  # 8 bytes: 0.2 s

@@ -51,6 +51,11 @@ def test_both_sinks_satisfy_the_protocol() -> None:
             "InfluxDB url 'http://h:8086/?db=x' must not carry a query string; "
             "give database and credentials as their own settings",
         ),
+        (
+            {"url": "http://u:secret@h:8086"},
+            "InfluxDB url must not carry a user name or password (they would not be sent); "
+            "give them as username and password",
+        ),
         ({"database": ""}, "InfluxDB database name is empty: set the database to write to"),
         (
             {"username": "u"},
