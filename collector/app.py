@@ -18,6 +18,7 @@ from collector.buffer import DiskBuffer
 from collector.capacity import CapacityTracker
 from collector.config import Config
 from collector.delivery import Delivery
+from collector.lograte import Occasional
 from collector.schema import COLLECTOR, READING, Point
 from collector.sinks import Sink
 from collector.sources import Reading, Source, build_sources
@@ -66,12 +67,10 @@ class Collector:
         self._clock = clock
         self._tick_interval = tick_interval
         self.capacity: CapacityTracker | None = None
-        self._undecodable = 0
+        self._undecodable = Occasional(UNDECODABLE_LOG_INTERVAL)
+        self._state_errors = Occasional(UNDECODABLE_LOG_INTERVAL)
         self._previous_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None
         self._previous_handler = None
-        self._undecodable_logged = -UNDECODABLE_LOG_INTERVAL
-        self._state_errors = 0
-        self._state_error_logged = -UNDECODABLE_LOG_INTERVAL
 
     def _now_ms(self) -> int:
         return round(self._clock() * 1000)
@@ -93,18 +92,15 @@ class Collector:
         if exception is not None and type(exception).__module__.startswith("pymodbus"):
             # A device answered bytes pymodbus cannot decode: asyncio closes the link (the
             # source opens it again and counts the error) and would log a traceback each time.
-            self._undecodable += 1
-            now = time.monotonic()
-            if now - self._undecodable_logged >= UNDECODABLE_LOG_INTERVAL:
+            if self._undecodable.happened():
                 log.warning(
                     "a Modbus device sent an answer that cannot be decoded (%s); its link is "
                     "closed and opened again (%d such answers so far, said again at most every "
                     "%.0f min)",
                     exception,
-                    self._undecodable,
+                    self._undecodable.count,
                     UNDECODABLE_LOG_INTERVAL / 60,
                 )
-                self._undecodable_logged = now
             return
         if self._previous_handler is not None:
             self._previous_handler(loop, context)
@@ -201,15 +197,12 @@ class Collector:
             except Exception:
                 # A bug in one machine's state must not cost the readings (stored already)
                 # or the other machines' states.
-                self._state_errors += 1
-                now = time.monotonic()
-                if now - self._state_error_logged >= UNDECODABLE_LOG_INTERVAL:
-                    self._state_error_logged = now
+                if self._state_errors.happened():
                     log.exception(
                         "%s: machine state could not take a reading (%d such failures so "
                         "far, said again at most every %.0f min); please report this bug",
                         reading.machine,
-                        self._state_errors,
+                        self._state_errors.count,
                         UNDECODABLE_LOG_INTERVAL / 60,
                     )
         if points:

@@ -35,6 +35,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collector.config import Config, MqttConfig, MqttSubscription
+from collector.lograte import Occasional
 from collector.schema import FieldValue
 from collector.sources import Consume, HealthRecord, Reading, Unavailable
 from collector.sources.mqtt_formats import (
@@ -242,8 +243,7 @@ class MqttSource:
         self._inbox: deque[Delivered] = deque()
         self._consume: Consume | None = None
         self._resting: asyncio.TimerHandle | None = None  # the socket's rest (see READ_PAUSE)
-        self._consume_failures = 0
-        self._consume_logged = -LOG_EVERY
+        self._consume_failures = Occasional(LOG_EVERY)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.messages = 0
 
@@ -652,16 +652,13 @@ class MqttSource:
 
     def _consume_failed(self, what: str) -> None:
         # Logged with its traceback at most once per LOG_EVERY, with how often it happened.
-        self._consume_failures += 1
-        now = time.monotonic()
-        if now - self._consume_logged >= LOG_EVERY:
-            self._consume_logged = now
+        if self._consume_failures.happened():
             log.exception(
                 "%s: a message could not be kept, %s (%d so far, counted as `not_kept`); "
                 "it is acknowledged and lost: please report this bug",
                 self.name,
                 what,
-                self._consume_failures,
+                self._consume_failures.count,
             )
 
     def handle(self, delivered: Delivered) -> list[Reading]:

@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import pytest
 
@@ -15,7 +15,7 @@ from collector.app import Collector
 from collector.config import Config, parse_config
 from collector.schema import COLLECTOR, READING
 from collector.sinks.memory import MemorySink
-from collector.sources import Consume, DeviceHealth, HealthRecord, Reading, Unavailable
+from collector.sources import Consume, DeviceHealth, HealthRecord, Reading, Source, Unavailable
 
 CONFIG = """
 factory: coop
@@ -78,6 +78,21 @@ def config() -> Config:
     return parse_config(CONFIG, environ={})
 
 
+def collector_in(
+    tmp_path: Path, config: Config, sink: MemorySink, source: Source, **options: Any
+) -> Collector:
+    """A collector of `source` into `sink`, its quarantine, buffer and state under `tmp_path`."""
+    return Collector(
+        config,
+        sink=sink,
+        sources=[source],
+        quarantine_path=tmp_path / "q",
+        buffer_path=tmp_path / "buffer",
+        state_path=tmp_path / "state.json",
+        **options,
+    )
+
+
 async def run_for(collector: Collector, seconds: float) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(collector.run(stop))
@@ -90,13 +105,7 @@ async def test_readings_and_health_reach_the_sink_and_stop_flushes(
     config: Config, tmp_path: Path
 ) -> None:
     sink, source = MemorySink(), ScriptedSource()
-    collector = Collector(
-        config,
-        sink=sink,
-        sources=[source],
-        quarantine_path=tmp_path / "q",
-        buffer_path=tmp_path / "buffer",
-    )
+    collector = collector_in(tmp_path, config, sink, source)
     await run_for(collector, 0.3)
     readings = [p for p in sink.points if p.measurement == READING]
     assert readings and source.closed and sink.exited
@@ -112,13 +121,7 @@ async def test_a_swallowed_cancellation_does_not_hang_the_stop(
     config: Config, tmp_path: Path
 ) -> None:
     source = ScriptedSource(swallow_cancel=True)
-    collector = Collector(
-        config,
-        sink=MemorySink(),
-        sources=[source],
-        quarantine_path=tmp_path / "q",
-        buffer_path=tmp_path / "buffer",
-    )
+    collector = collector_in(tmp_path, config, MemorySink(), source)
     await run_for(collector, 0.1)
     assert source.closed
 
@@ -128,14 +131,7 @@ async def test_a_failing_source_is_logged_and_restarted(
 ) -> None:
     source = ScriptedSource(fail_once=True)
     sink = MemorySink()
-    collector = Collector(
-        config,
-        sink=sink,
-        sources=[source],
-        quarantine_path=tmp_path / "q",
-        buffer_path=tmp_path / "buffer",
-        restart_delay=0.05,
-    )
+    collector = collector_in(tmp_path, config, sink, source, restart_delay=0.05)
     with caplog.at_level(logging.ERROR):
         await run_for(collector, 0.4)
     assert source.starts == 2
@@ -225,32 +221,14 @@ async def test_states_stops_and_minutes_survive_a_restart(tmp_path: Path) -> Non
     start = 1_764_000_000.0  # a whole minute
     clock = FastClock(start)
     source = ShiftingSource(clock)
-    first = Collector(
-        config,
-        sink=sink,
-        sources=[source],
-        quarantine_path=tmp_path / "q",
-        buffer_path=tmp_path / "buffer",
-        state_path=tmp_path / "state.json",
-        clock=clock,
-        tick_interval=0.005,
-    )
+    first = collector_in(tmp_path, config, sink, source, clock=clock, tick_interval=0.005)
     await run_for(first, 0.6)  # about six minutes of plant time
     assert (tmp_path / "state.json").exists()
     stopped_at = clock()
 
     later = FastClock(stopped_at + 150)  # down for 150 s
     source = ShiftingSource(later)
-    second = Collector(
-        config,
-        sink=sink,
-        sources=[source],
-        quarantine_path=tmp_path / "q",
-        buffer_path=tmp_path / "buffer",
-        state_path=tmp_path / "state.json",
-        clock=later,
-        tick_interval=0.005,
-    )
+    second = collector_in(tmp_path, config, sink, source, clock=later, tick_interval=0.005)
     stop = asyncio.Event()
     task = asyncio.create_task(second.run(stop))
     await asyncio.sleep(0.3)
@@ -268,8 +246,8 @@ async def test_states_stops_and_minutes_survive_a_restart(tmp_path: Path) -> Non
     assert times == list(range(first_minute, first_minute + 60_000 * len(times), 60_000))
     assert len(times) >= 12
     for minute in minutes:
-        states = ("running_s", "idle_s", "down_s", "off_s", "unknown_s")
-        assert abs(sum(float(minute.fields[s]) for s in states) - 60) < 1e-6
+        seconds = ("running_s", "idle_s", "down_s", "off_s", "unknown_s")
+        assert abs(sum(float(minute.fields[s]) for s in seconds) - 60) < 1e-6
     unknown = sum(float(m.fields["unknown_s"]) for m in minutes)
     assert unknown >= 150 + 60  # the restart's gap and the lost device, at least
     produced = sum(int(m.fields["produced"]) for m in minutes)
@@ -327,15 +305,8 @@ async def test_a_counter_read_as_nan_is_stored_without_it_and_counts_no_parts(
         for n, v in enumerate(values)
     ]
     sink, source = MemorySink(), TurnSource(readings)
-    collector = Collector(
-        config,
-        sink=sink,
-        sources=[source],
-        quarantine_path=tmp_path / "q",
-        buffer_path=tmp_path / "buffer",
-        state_path=tmp_path / "state.json",
-        clock=lambda: start / 1000 + 5,
-        restart_delay=0.05,
+    collector = collector_in(
+        tmp_path, config, sink, source, clock=lambda: start / 1000 + 5, restart_delay=0.05
     )
     with caplog.at_level(logging.WARNING):
         await run_for(collector, 0.3)
