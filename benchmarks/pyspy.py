@@ -17,7 +17,7 @@ AREAS = (
     ("collector", "collector/"),
     ("pydantic", "pydantic"),
 )
-RATE = 100  # samples a second
+RATE = 100  # samples a second, by default
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Profile:
     samples: int = 0  # busy samples (idle waits left out)
     top: list[tuple[str, float, float]] = field(default_factory=list)  # fn, self %, total %
     by_area: list[tuple[str, float]] = field(default_factory=list)  # area, self %
+    seconds: float = 0.0  # how long it was sampled
 
 
 def py_spy() -> str | None:
@@ -69,18 +70,21 @@ def summarize_profile(
     return total, table, by_area
 
 
-def record_profile(pid: int, seconds: float, output: Path, top: int = 15) -> Profile | str:
-    """py-spy on process `pid` for `seconds`: its summary, or why there is none."""
+def record_profile(
+    pid: int, seconds: float, output: Path, top: int = 15, rate: int = RATE
+) -> Profile | str:
+    """py-spy on process `pid` for `seconds`, `rate` samples a second: its summary, or why
+    there is none. A process busy 1 % of the time gives `rate` × `seconds` / 100 samples."""
     spy = py_spy()
     if spy is None:
         return "py-spy is not installed: no profile"
     command = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds))]
-    command += ["--rate", str(RATE), "--format", "raw", "--nolineno", "--nonblocking"]
+    command += ["--rate", str(rate), "--format", "raw", "--nolineno", "--nonblocking"]
     command += ["--output", str(output)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     if result.returncode != 0 or not output.exists():
         return f"py-spy failed: {result.stderr.strip().splitlines()[-1:]}"
-    return Profile(*summarize_profile(output.read_text(), top))
+    return Profile(*summarize_profile(output.read_text(), top), seconds=seconds)
 
 
 def area_summary(profile: Profile) -> str:

@@ -64,6 +64,9 @@ SECTOR = "bench"
 CPU_TARGET = 1.0  # aguante's CPU per value stored, as a multiple of the plain loop's
 NODE_RED_FACTOR = 10.0  # … and at least this many times less than Node-RED's
 PROFILED = ("plain loop", "aguante")  # py-spy reads Python processes only
+# Samples a second: the plant's contenders are busy about 1 % of the time, so py-spy's usual
+# 100 would give a handful of samples.
+PROFILE_RATE = 2000
 _PR_SET_PDEATHSIG = 1
 KPI_SHAPE = "kpi-year"  # a year of minute rollups for 50 machines, then KPI queries
 MAINTENANCE_SHAPE = maintenance_bench.MAINTENANCE_SHAPE  # rule cycles and the ticket API
@@ -509,7 +512,9 @@ def measure(
         if profile_seconds > 0:
             print(f"   profiling {contender.name} for {profile_seconds:g} s (py-spy)", flush=True)
             output = target.workdir / f"{target.database}.profile"
-            profile = pyspy.record_profile(process.pid, profile_seconds, output, top=10)
+            profile = pyspy.record_profile(
+                process.pid, profile_seconds, output, top=10, rate=PROFILE_RATE
+            )
             if isinstance(profile, str):
                 result.problems.append(profile)
             else:
@@ -711,9 +716,10 @@ def profile_lines(results: Sequence[Measurement]) -> list[str]:
     profiled = [m for m in results if m.profile is not None and m.profile.samples]
     if not profiled:
         return []
+    profile_s = max(m.profile.seconds for m in profiled if m.profile is not None)
     lines = [
-        f"Profiles (py-spy, {pyspy.RATE} samples a second for the seconds after each one's last "
-        "round; idle waits left out), own time by library, share of busy samples: "
+        f"Profiles (py-spy, {PROFILE_RATE} samples a second for {profile_s:g} s after each "
+        "one's last round; idle waits left out), own time by library, share of busy samples: "
         + "; ".join(
             f"{m.contender} ({m.profile.samples:,} samples): {pyspy.area_summary(m.profile)}"
             for m in profiled
@@ -956,8 +962,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-seconds",
         type=float,
-        default=15.0,
-        help="py-spy on the Python contenders after their last Modbus round (15; 0: none)",
+        default=20.0,
+        help="py-spy on the Python contenders after their last Modbus round (20; 0: none)",
     )
     parser.add_argument(
         "--repeat", type=int, default=2, help="runs of each contender per MQTT shape (2)"

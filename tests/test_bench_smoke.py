@@ -56,3 +56,28 @@ def test_the_network_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
     table = done.stdout.split("| dashboard panel |", 1)[1].splitlines()[2:]
     panels = [line for line in table if line.startswith("| ")]
     assert len(panels) == 5, done.stdout  # every panel of the network's dashboard was timed
+
+
+def test_the_profiles_and_what_the_node_red_target_asks_are_reported() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import pyspy
+    import run
+
+    shape = run.SHAPES["plant"]
+
+    def measured(name: str, cpu_s: float, profile: pyspy.Profile | None) -> run.Measurement:
+        return run.Measurement(name, shape, cpu_s=cpu_s, values_window=1000, profile=profile)
+
+    top = [("_poll (collector/sources/modbus.py)", 30.0, 60.0)]
+    results = [
+        measured("plain loop", 0.004, pyspy.Profile(200, [], [("pymodbus", 55.0)], 20.0)),
+        measured("aguante", 0.004, pyspy.Profile(300, top, [("collector", 40.0)], 20.0)),
+        measured("Node-RED", 0.02, None),
+    ]
+    text = "\n".join(run.profile_lines(results))
+    assert "plain loop (200 samples): pymodbus 55 %" in text
+    assert "aguante (300 samples): collector 40 %" in text
+    assert "Node-RED spent 5.0× the plain loop's CPU per value" in text
+    assert "means 0.50× the plain loop's" in text
+    assert "| `_poll (collector/sources/modbus.py)` | 30.0 | 60.0 |" in text
+    assert run.profile_lines(results[2:]) == []  # Node-RED alone: no profile to show
