@@ -675,6 +675,15 @@ class MqttConfig(_Model):
     qos: Literal[0, 1, 2] = 1
     keepalive: int = Field(30, ge=5, le=3600)
     max_payload: int = Field(65536, ge=64, le=16 * 1024 * 1024, description="Bytes.")
+    read_pause: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Seconds the link is left unread after a read that brought fewer than 8 "
+        "messages, so a trickle costs one wake-up per handful; 0 reads each at once (for a "
+        "broker that lets fewer than 8 messages wait for acknowledgement, which the pause "
+        "would hold to about 20 × that many a second).",
+    )
     subscriptions: list[MqttSubscription] = Field(default_factory=list)
 
     @field_validator("url")

@@ -11,9 +11,9 @@ loop (its socket callbacks), no thread.
 
 The messages one turn of the loop reads are handled and handed on together (one write to the
 buffer, then their acks). When a turn reads only a few, the socket is left unread for
-READ_PAUSE before the next: at a plant's trickle of messages (a few hundred a second), waking
-for each one costs more than the message itself, so they are taken some at a time instead, at
-most READ_PAUSE later. A busier link is read at once, every turn.
+`mqtt.read_pause` (50 ms) before the next: at a plant's trickle of messages (a few hundred a
+second), waking for each one costs more than the message itself, so they are taken some at a
+time instead, at most that much later. A busier link is read at once, every turn.
 """
 
 from __future__ import annotations
@@ -60,10 +60,9 @@ MAX_ROUTED_TOPICS = 10_000  # topics whose routes are kept worked out; others ar
 CONNECT_WAIT = 15.0  # seconds a stop waits for a connection attempt under way
 STALE_TIME_MS = 3_600_000  # a payload time this far behind arrival is stored, and counted
 READ_BURST = 256  # packets read per turn of the event loop, at most
-# After a turn that read fewer than READ_PAUSE_BELOW messages, the socket rests this long. Below
-# the broker's window of unacknowledged messages (Mosquitto's 20, EMQX's 32): a busy link is
-# never held back waiting for acks.
-READ_PAUSE = 0.05
+# After a turn that read fewer than READ_PAUSE_BELOW messages, the socket rests `mqtt.read_pause`
+# seconds. Below the broker's window of unacknowledged messages (Mosquitto's 20, EMQX's 32): a
+# busy link is never held back waiting for acks.
 READ_PAUSE_BELOW = 8
 RECV_BYTES = 65536  # read from the socket at once
 # A Sparkplug edge node is asked for a rebirth at most once per this many seconds.
@@ -242,7 +241,7 @@ class MqttSource:
         # Messages from paho's callback, handled once the turn's reading is done.
         self._inbox: deque[Delivered] = deque()
         self._consume: Consume | None = None
-        self._resting: asyncio.TimerHandle | None = None  # the socket's rest (see READ_PAUSE)
+        self._resting: asyncio.TimerHandle | None = None  # the socket's rest (see _rest)
         self._consume_failures = Occasional(LOG_EVERY)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.messages = 0
@@ -376,11 +375,11 @@ class MqttSource:
             return
         arrived = len(self._inbox) - waiting
         self._deliver()
-        if 0 < arrived < READ_PAUSE_BELOW:
+        if 0 < arrived < READ_PAUSE_BELOW and self.settings.read_pause:
             self._rest(client)  # not after a turn that read none: an idle link sleeps
 
     def _rest(self, client: _Client) -> None:
-        # Leave the socket unread for READ_PAUSE: what comes meanwhile waits in the kernel, and
+        # Leave the socket unread for read_pause: what comes meanwhile waits in the kernel, and
         # is read in one turn. Not before the broker accepted us (the handshake goes at once).
         assert self._loop is not None
         sock = client.socket()
@@ -393,7 +392,7 @@ class MqttSource:
         ):
             return
         self._loop.remove_reader(sock)
-        self._resting = self._loop.call_later(READ_PAUSE, self._wake, client, sock)
+        self._resting = self._loop.call_later(self.settings.read_pause, self._wake, client, sock)
 
     def _wake(self, client: _Client, sock: Any) -> None:
         self._resting = None

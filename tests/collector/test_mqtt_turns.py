@@ -20,7 +20,7 @@ import pytest
 
 from collector.config import parse_config
 from collector.sources import Reading
-from collector.sources.mqtt import READ_PAUSE, READ_PAUSE_BELOW, MqttSource
+from collector.sources.mqtt import READ_PAUSE_BELOW, MqttSource
 
 CONFIG = """
 factory: coop
@@ -111,9 +111,15 @@ class Kept:
 
 @pytest.fixture
 async def linked() -> AsyncIterator[tuple[MqttSource, Board, socket.socket]]:
+    async with link(CONFIG) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def link(config: str) -> AsyncIterator[tuple[MqttSource, Board, socket.socket]]:
     """A source linked as if a broker had accepted it on a socket the loop watches (no broker:
     the source is not entered, so it connects nowhere); the peer socket to wake it."""
-    source = MqttSource(parse_config(CONFIG, environ={}))
+    source = MqttSource(parse_config(config, environ={}))
     source._loop = asyncio.get_running_loop()
     ours, peer = socket.socketpair()
     ours.setblocking(False)
@@ -175,8 +181,10 @@ async def test_a_socket_that_gave_a_few_rests_and_a_busy_one_is_read_again_at_on
 ) -> None:
     source, board, peer = linked
     kept = Kept()
+    pause = source.settings.read_pause
+    assert pause > 0
     async with consuming(source, kept):
-        # A few: the socket rests, so what comes meanwhile waits for READ_PAUSE.
+        # A few: the socket rests, so what comes meanwhile waits for the read pause.
         board.send(*range(READ_PAUSE_BELOW - 1))
         peer.send(b"x")
         first, readings = await kept.call(0)
@@ -187,10 +195,10 @@ async def test_a_socket_that_gave_a_few_rests_and_a_busy_one_is_read_again_at_on
         second, readings = await kept.call(1)
         assert speeds(readings) == [100.0, 101.0]
         # The loop's timers may fire up to its clock resolution early.
-        assert second - first >= READ_PAUSE - 0.005
+        assert second - first >= pause - 0.005
 
         # The rest over, a turn that reads nothing starts no other: an idle link sleeps.
-        await asyncio.sleep(READ_PAUSE * 3)
+        await asyncio.sleep(pause * 3)
         assert source._resting is None
 
         # A busy turn: no rest, what comes next is read as soon as the socket says so.
@@ -241,3 +249,18 @@ async def test_a_message_that_gives_no_reading_is_acked_at_once(
         _, readings = await kept.call(0)
         assert speeds(readings) == [5.0]
         assert sorted(board.acked) == sorted([99, *good])
+
+
+async def test_with_no_read_pause_a_few_messages_leave_the_socket_watched() -> None:
+    config = CONFIG.replace("mqtt:\n", "mqtt:\n  read_pause: 0\n")
+    async with link(config) as (source, board, peer):
+        kept = Kept()
+        async with consuming(source, kept):
+            board.send(1)
+            peer.send(b"x")
+            await kept.call(0)
+            assert source._resting is None
+            board.send(2)
+            peer.send(b"x")
+            _, readings = await kept.call(1)
+            assert speeds(readings) == [2.0]
