@@ -3,6 +3,7 @@ by function and by library. Used by the scale run and by the polled-devices shap
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -78,13 +79,17 @@ def record_profile(
     spy = py_spy()
     if spy is None:
         return "py-spy is not installed: no profile"
-    command = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds))]
+    duration = max(1, math.ceil(seconds))  # py-spy takes whole seconds
+    command = [spy, "record", "--pid", str(pid), "--duration", str(duration)]
     command += ["--rate", str(rate), "--format", "raw", "--nolineno", "--nonblocking"]
     command += ["--output", str(output)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        return f"py-spy did not finish within {duration + 60} s: no profile"
     if result.returncode != 0 or not output.exists():
         return f"py-spy failed: {result.stderr.strip().splitlines()[-1:]}"
-    return Profile(*summarize_profile(output.read_text(), top), seconds=seconds)
+    return Profile(*summarize_profile(output.read_text(), top), seconds=duration)
 
 
 def area_summary(profile: Profile) -> str:

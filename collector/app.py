@@ -158,17 +158,18 @@ class Collector:
         def keep(readings: Sequence[Reading]) -> None:
             # Into the buffer, then acknowledged, then shown to the machine states. A reading
             # the buffer cannot take (disk full) is not acknowledged: the broker keeps it and
-            # sends it again after a reconnection, and only then do the states count it. And
-            # when keeping a turn's readings fails, which the MQTT source then tries one
-            # message at a time, no state has counted them yet (a counter seen twice would
-            # count as a restart).
-            if not delivery.submit([self.to_point(reading) for reading in readings]):
-                return
-            for reading in readings:
-                if reading.ack is not None:
-                    reading.ack()
+            # sends it again after a reconnection, and the states count it then; one that
+            # never comes back (Modbus, QoS 0) they count now. And when keeping a turn's
+            # readings fails, which the MQTT source then tries one message at a time, no state
+            # has counted them yet (a counter seen twice would count as a restart).
+            stored = delivery.submit([self.to_point(reading) for reading in readings])
+            if stored:
+                for reading in readings:
+                    if reading.ack is not None:
+                        reading.ack()
             if self.capacity is not None:
-                self._observe(self.capacity, readings, delivery)
+                seen = readings if stored else [r for r in readings if r.ack is None]
+                self._observe(self.capacity, seen, delivery)
 
         while True:
             try:
@@ -190,23 +191,30 @@ class Collector:
     def _observe(
         self, capacity: CapacityTracker, readings: Sequence[Reading], delivery: Delivery
     ) -> None:
+        # Nothing may escape from here: the readings are stored and acknowledged already, and
+        # a failure would have the MQTT source keep them again, one message at a time.
         points: list[Point] = []
         for reading in readings:
             try:
                 points += capacity.observe(reading)
             except Exception:
-                # A bug in one machine's state must not cost the readings (stored already)
-                # or the other machines' states.
-                if self._state_errors.happened():
-                    log.exception(
-                        "%s: machine state could not take a reading (%d such failures so "
-                        "far, said again at most every %.0f min); please report this bug",
-                        reading.machine,
-                        self._state_errors.count,
-                        UNDECODABLE_LOG_INTERVAL / 60,
-                    )
+                # A bug in one machine's state must not cost the other machines' states.
+                self._state_failed(reading.machine)
         if points:
-            delivery.submit(points)
+            try:
+                delivery.submit(points)
+            except Exception:
+                self._state_failed("machine states")
+
+    def _state_failed(self, what: str) -> None:
+        if self._state_errors.happened():
+            log.exception(
+                "%s: machine state could not take a reading (%d such failures so far, said "
+                "again at most every %.0f min); please report this bug",
+                what,
+                self._state_errors.count,
+                UNDECODABLE_LOG_INTERVAL / 60,
+            )
 
     async def _track(self, capacity: CapacityTracker, delivery: Delivery) -> None:
         saved = time.monotonic()

@@ -709,26 +709,53 @@ class DiskBuffer:
             puts = list(self._unsynced_puts)
             self._unsynced_puts.clear()
             self._files_unsynced_since = None
+        failed: list[int] = []  # full segments' descriptors whose fsync failed
+        error: OSError | None = None
         try:
-            while retired:
-                self._fsync(retired[0])
-                os.close(retired.pop(0))
+            for fd in retired:
+                try:
+                    self._fsync(fd)
+                except OSError as exc:
+                    error = error or exc
+                    failed.append(fd)
+                else:
+                    os.close(fd)
             if current >= 0:
-                self._fsync(current)
+                try:
+                    self._fsync(current)
+                except OSError as exc:
+                    error = error or exc
             if files_since is not None:
-                self._fsync_directory()
-        except BaseException:
-            with self._fd_lock:
-                self._retired[:0] = retired
-                self._unsynced = self._unsynced or current >= 0
-                self._unsynced_puts.extendleft(reversed(puts))
-                later = self._files_unsynced_since
-                if files_since is not None and (later is None or files_since < later):
-                    self._files_unsynced_since = files_since
-            raise
+                try:
+                    self._fsync_directory()
+                except OSError as exc:
+                    error = error or exc
         finally:
             if current >= 0:
                 os.close(current)
+        if error is not None:
+            self._due_again(failed, current >= 0, puts, files_since)
+            raise error
+
+    def _due_again(
+        self,
+        failed: list[int],
+        current: bool,
+        puts: list[tuple[tuple[int, int], float]],
+        files_since: float | None,
+    ) -> None:
+        # What a failed sync was for, due again (from as early as before) for the next one.
+        with self._fd_lock:
+            if self._fd < 0:  # released meanwhile (a close while this sync ran): nothing next
+                for fd in failed:
+                    os.close(fd)
+                return
+            self._retired[:0] = failed
+            self._unsynced = self._unsynced or current
+            self._unsynced_puts.extendleft(reversed(puts))
+            later = self._files_unsynced_since
+            if files_since is not None and (later is None or files_since < later):
+                self._files_unsynced_since = files_since
 
     def _fsync_directory(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)

@@ -222,7 +222,7 @@ class InfluxDBConfig(_Model):
     def _http_url(cls, url: str) -> str:
         if not re.match(r"^https?://[^/\s]+", url):
             raise ValueError(f"{url!r} is not an http(s) URL, e.g. http://127.0.0.1:8086")
-        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        if "@" in re.split(r"[/?#]", url.split("://", 1)[1], maxsplit=1)[0]:
             # Not echoed: the part before the @ is a password.
             raise ValueError(
                 "the URL carries a user name or password, which are not read from it: set "
@@ -1754,6 +1754,11 @@ def parse_yaml_model(
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigProblem(where, f"not valid YAML: {problem}")]) from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        # PyYAML's constructors raise these for a value an explicit tag cannot take
+        # (`!!int x`, `!!bool maybe`), without a position.
+        problem = f"a value its tag cannot take ({type(exc).__name__}: {exc})"
+        raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {problem}")]) from None
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("", mapping)])
     data = _fresh(data)

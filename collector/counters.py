@@ -45,14 +45,14 @@ class PartTally:
 
     def update(self, value: FieldValue, *, max_plausible: int | None = None) -> int:
         """Parts since the previous value; 0 the first time (nothing to compare with)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return 0  # a failed sensor's "nan": no count, and the last good value stays
         if self.counter.kind == "pulse":
             edge = bool(value) and self.last == 0
             self.last = int(bool(value))
             return self.counter.parts_per_count if edge else 0
         if isinstance(value, bool) or not isinstance(value, int | float):
             return 0
-        if not math.isfinite(value):
-            return 0  # a failed sensor's "nan": no count, and the last good one stays
         current = round(value)
         previous, self.last = self.last, current
         if previous is None:

@@ -36,7 +36,12 @@ __all__ = ["load_yaml"]
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
-_MERGE = "tag:yaml.org,2002:merge"
+# The tags a scalar is built for here; any other (a collection's tag on a scalar, `!!merge`, an
+# application's own) goes to yaml.load, which builds it or says what is wrong.
+_SCALARS = frozenset(
+    f"tag:yaml.org,2002:{name}"
+    for name in ("null", "bool", "int", "float", "binary", "timestamp", "str")
+)
 
 
 class _Unusual(Exception):
@@ -122,8 +127,12 @@ def _tag(loader: Any, kind: type, event: Any, value: str | None) -> str:
 
 def _scalar(loader: Any, event: Any) -> Any:
     tag = _tag(loader, ScalarNode, event, event.value)
-    construct = loader.yaml_constructors.get(tag)
-    if construct is None or tag == _MERGE:
+    if tag not in _SCALARS:
         raise _Unusual
     node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
-    return construct(loader, node)
+    try:
+        return loader.yaml_constructors[tag](loader, node)
+    except Exception:
+        # `!!int x`: yaml.load reads the whole document first, so a YAML error further on is
+        # what it reports, as it should be.
+        raise _Unusual from None

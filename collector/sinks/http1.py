@@ -150,12 +150,14 @@ class Http1Transport(httpx.AsyncBaseTransport):
             key = name.lower()
             if key == b"content-length" and fields.get(key, value) != value:
                 raise _ProtocolError("two different Content-Length headers")
+            if key == b"transfer-encoding" and key in fields:
+                value = fields[key] + b", " + value  # one list, as if on one line
             fields[key] = value
         keep = version == b"HTTP/1.1" and fields.get(b"connection", b"").lower() != b"close"
         coding = fields.get(b"transfer-encoding")
         if status in (204, 304) or request.method == "HEAD":
             content = b""  # none, whatever the headers say
-            if request.method != "HEAD" and (coding or fields.get(b"content-length", b"0") != b"0"):
+            if status == 204 and (coding or fields.get(b"content-length", b"0") != b"0"):
                 keep = False  # a body it should not have sent would be read as the next answer
         elif coding is not None:
             if coding.lower() != b"chunked":

@@ -362,8 +362,11 @@ class InfluxDBSink:
                 await response.aclose()
             return response
         except httpx.TimeoutException as exc:
+            allowed = self.timeout
+            if isinstance(self._http, Http1Transport):  # time for the body's size too
+                allowed += len(content) / self._http.slow_link
             raise RetryableWriteError(
-                f"InfluxDB at {self.url}: no answer within {self.timeout} s ({type(exc).__name__})"
+                f"InfluxDB at {self.url}: no answer within {allowed:.3g} s ({type(exc).__name__})"
             ) from exc
         except httpx.TransportError as exc:
             raise RetryableWriteError(

@@ -923,10 +923,11 @@ class FailingDisk:
 
     def __init__(self) -> None:
         self.failing = False
+        self.failing_fds: set[int] = set()
         self.synced: list[int] = []
 
     def __call__(self, fd: int) -> None:
-        if self.failing:
+        if self.failing or fd in self.failing_fds:
             raise OSError(5, "Input/output error")
         os.fsync(fd)
         self.synced.append(fd)
@@ -977,3 +978,25 @@ def test_closing_after_a_failed_sync_releases_every_descriptor(tmp_path: Path) -
     reopened = open_buffer(tmp_path / "b")  # the directory's lock was released too
     assert reopened.take(10)[1] == "m v=2i 2"
     reopened.close()
+
+
+def test_a_segment_that_cannot_be_synced_holds_up_nothing_else(
+    tmp_path: Path, buffers: list[DiskBuffer]
+) -> None:
+    disk = FailingDisk()
+    buffer = open_buffer(tmp_path / "b", fsync=disk)
+    buffers.append(buffer)
+    buffer.sync()
+    buffer.put(["m v=1i 1" + "x" * SEGMENT])
+    buffer.put(["m v=2i 2" + "x" * SEGMENT])
+    buffer.put(["m v=3i 3"])
+    bad, good = buffer._retired
+    disk.failing_fds, disk.synced = {bad}, []
+    with pytest.raises(OSError):
+        buffer.sync()
+    assert good in disk.synced and buffer._retired == [bad]  # the other one synced and closed
+    assert len(disk.synced) == 3  # the other full segment, the current one, the directory
+    assert buffer.sync_due is not None  # all of it due again, for the bad one's sake
+    disk.failing_fds = set()
+    buffer.sync()
+    assert not buffer._retired and buffer.sync_due is None

@@ -251,6 +251,10 @@ async def test_a_server_that_does_not_answer_times_out_and_the_next_request_star
         (f"HTTP/1.1 200 OK\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n".encode(), "an answer of"),
         (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "limit"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "transfer coding"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "transfer coding",
+        ),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1_0\r\n", "chunk size"),
         (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "switch of protocols"),
         (b"HTTP/1.1 2000 OK\r\n\r\n", "not an HTTP/1.1 status line"),
@@ -264,6 +268,7 @@ async def test_a_server_that_does_not_answer_times_out_and_the_next_request_star
         "too-large",
         "long-line",
         "other-coding",
+        "other-coding-on-two-lines",
         "bad-chunk-size",
         "upgrade",
         "four-digit-status",

@@ -258,6 +258,27 @@ def test_a_pulse_input_counts_rising_edges() -> None:
     assert total(plant.minutes(), "produced") == 6  # the first high is not an edge seen
 
 
+def test_a_counter_or_pulse_read_as_nan_counts_nothing() -> None:
+    # A board whose sensor failed publishes "nan": not a part, and not an edge either.
+    nan = float("nan")
+    text = CONFIG.replace(
+        "produced: {signal: strokes}", "produced: {signal: fault, kind: pulse}"
+    ).replace("      down: {signal: fault, equals: true}\n", "")
+    _, tracker = make(text)
+    plant = Plant(tracker)
+    for _ in range(5):
+        plant.run(1, current=6.0, fault=0.0)
+        plant.run(1, fault=nan)
+    _, counting = make()
+    counted = Plant(counting)
+    for strokes in (100.0, 101.0, nan, float("inf"), 103.0):
+        counted.run(1, current=6.0, strokes=strokes)
+    plant.silent(70)
+    counted.silent(70)
+    assert total(plant.minutes(), "produced") == 0
+    assert total(counted.minutes(), "produced") == 3
+
+
 def test_running_outside_a_shift_is_planned_and_a_stop_loses_only_shift_time() -> None:
     start = round(dt.datetime(2026, 11, 24, 13, 58, tzinfo=ZONE).timestamp() * 1000)
     _, tracker = make(start=start)
