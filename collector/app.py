@@ -69,6 +69,7 @@ class Collector:
         self.capacity: CapacityTracker | None = None
         self._undecodable = Occasional(UNDECODABLE_LOG_INTERVAL)
         self._state_errors = Occasional(UNDECODABLE_LOG_INTERVAL)
+        self._ack_errors = Occasional(UNDECODABLE_LOG_INTERVAL)
         self._previous_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None
         self._previous_handler = None
 
@@ -156,20 +157,20 @@ class Collector:
 
     async def _pump(self, source: Source, delivery: Delivery) -> None:
         def keep(readings: Sequence[Reading]) -> None:
-            # Into the buffer, then acknowledged, then shown to the machine states. A reading
-            # the buffer cannot take (disk full) is not acknowledged: the broker keeps it and
-            # sends it again after a reconnection, and the states count it then; one that
-            # never comes back (Modbus, QoS 0) they count now. And when keeping a turn's
-            # readings fails, which the MQTT source then tries one message at a time, no state
-            # has counted them yet (a counter seen twice would count as a restart).
+            # Into the buffer, then acknowledged, then shown to the machine states. Readings the
+            # buffer cannot take (disk full) are not acknowledged: the broker keeps their
+            # messages and sends them again after a reconnection, and the states count them
+            # then; readings that never come back (Modbus, QoS 0: nothing to acknowledge) they
+            # count now. (A message's ack rides on its last reading only, so a batch with any
+            # ack waits whole.) And when keeping a turn's readings fails, which the MQTT source
+            # then tries one message at a time, no state has counted them yet (a counter seen
+            # twice would count as a restart).
             stored = delivery.submit([self.to_point(reading) for reading in readings])
             if stored:
-                for reading in readings:
-                    if reading.ack is not None:
-                        reading.ack()
-            if self.capacity is not None:
-                seen = readings if stored else [r for r in readings if r.ack is None]
-                self._observe(self.capacity, seen, delivery)
+                self._acknowledge(readings)
+            comes_back = not stored and any(reading.ack is not None for reading in readings)
+            if self.capacity is not None and not comes_back:
+                self._observe(self.capacity, readings, delivery)
 
         while True:
             try:
@@ -187,6 +188,23 @@ class Collector:
                     "%s: source failed; restarting in %.0f s", source.name, self._restart_delay
                 )
                 await asyncio.sleep(self._restart_delay)
+
+    def _acknowledge(self, readings: Sequence[Reading]) -> None:
+        for reading in readings:
+            if reading.ack is None:
+                continue
+            try:
+                reading.ack()
+            except Exception:
+                # Stored already: a failed ack at worst brings the message again (at least
+                # once), and must not have the source keep the turn a second time.
+                if self._ack_errors.happened():
+                    log.exception(
+                        "acknowledging a message failed (%d so far, said again at most every "
+                        "%.0f min)",
+                        self._ack_errors.count,
+                        UNDECODABLE_LOG_INTERVAL / 60,
+                    )
 
     def _observe(
         self, capacity: CapacityTracker, readings: Sequence[Reading], delivery: Delivery

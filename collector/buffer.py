@@ -307,6 +307,7 @@ class DiskBuffer:
         self._fd = -1
         self._unsynced = False
         self._fd_lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # one sync at a time (see `sync`)
         # The read position (start of the next record to hand out) and the acked one.
         self._ack: tuple[int, int] = (0, 0)
         self._read: tuple[int, int] = (0, 0)
@@ -524,11 +525,13 @@ class DiskBuffer:
                 self._cache.clear()
                 self._cached_lines = 0
                 self._cache_valid = False
-        self._unsynced = True
         if not self.fsync_interval:
+            self._unsynced = True
             self.sync()  # asked for: every write on disk before it is acknowledged
         else:
-            self._unsynced_puts.append(((segment.number, segment.size), time.monotonic()))
+            with self._fd_lock:  # `sync`, in its thread, takes both at once
+                self._unsynced = True
+                self._unsynced_puts.append(((segment.number, segment.size), time.monotonic()))
         return dropped
 
     def take(self, max_n: int) -> list[str]:
@@ -696,11 +699,16 @@ class DiskBuffer:
         delivery does, every `fsync_interval`, so a slow SD card never stalls the polling):
         the lock is held only to take copies of the descriptors, never during an fsync.
 
-        When an fsync fails (OSError) nothing of this sync counts as done: the segments, the
-        directory and the lines waiting for it are due again, and the next sync tries them all
-        once more. (After an I/O error Linux may have dropped the pages it could not write, so
-        a later fsync that succeeds does not prove they reached the disk: the delivery logs the
-        error each time.)"""
+        When an fsync fails (OSError), what it was for is due again — the full segments whose
+        fsync failed, the current one, the directory and the lines waiting for them — and the
+        next sync tries it once more. (After an I/O error Linux may have dropped the pages it
+        could not write, so a later fsync that succeeds does not prove they reached the disk:
+        the delivery logs the error each time.) One sync at a time: `close` waits for one under
+        way in a thread."""
+        with self._sync_lock:
+            self._sync()
+
+    def _sync(self) -> None:
         with self._fd_lock:
             current = os.dup(self._fd) if self._unsynced and self._fd >= 0 else -1
             self._unsynced = False  # before: a put meanwhile is in this fsync or the next
@@ -719,7 +727,8 @@ class DiskBuffer:
                     error = error or exc
                     failed.append(fd)
                 else:
-                    os.close(fd)
+                    with contextlib.suppress(OSError):  # synced: a failing close loses nothing
+                        os.close(fd)
             if current >= 0:
                 try:
                     self._fsync(current)

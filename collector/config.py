@@ -1755,9 +1755,9 @@ def parse_yaml_model(
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [ConfigProblem(where, f"not valid YAML: {problem}")]) from None
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        # PyYAML's constructors raise these for a value an explicit tag cannot take
-        # (`!!int x`, `!!bool maybe`), without a position.
-        problem = f"a value its tag cannot take ({type(exc).__name__}: {exc})"
+        # PyYAML's constructors raise these, without a position, for a value its type cannot
+        # hold (`!!int x`, `!!bool maybe`, an integer of thousands of digits).
+        problem = f"a value that cannot be read as its type ({type(exc).__name__}: {exc})"
         raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {problem}")]) from None
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("", mapping)])
