@@ -543,9 +543,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"records": records}), flush=True)
         return 0
     if args.collector:
-        side = asyncio.run(
-            collect(args.port, args.baud, args.registers, args.seconds, args.warmup, args.dir)
-        )
+        from collector.cli import event_loop_factory
+
+        # On the event loop `aguante collect` runs on.
+        with asyncio.Runner(loop_factory=event_loop_factory("uvloop")) as runner:
+            side = runner.run(
+                collect(args.port, args.baud, args.registers, args.seconds, args.warmup, args.dir)
+            )
         print(json.dumps(side), flush=True)
         return 0
     print("\n".join(report_lines(run_serial(args.seconds, args.warmup))))

@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ from collector.i18n import translate
 if TYPE_CHECKING:
     from collector.sinks import Sink
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "event_loop_factory", "main"]
 
 log = logging.getLogger("aguante")
 
@@ -75,6 +75,13 @@ def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
         description="Run the collector until Ctrl-C, then flush what it holds to InfluxDB.",
     )
     collect.add_argument("config", type=Path, help="the factory YAML file")
+    collect.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="uvloop (libuv, the default where installed: the collector's CPU is mostly the "
+        "event loop's) or Python's own asyncio loop",
+    )
     collect.set_defaults(func=_collect)
 
     stops = commands.add_parser(
@@ -241,16 +248,34 @@ def _collect(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         log.info(
-            "collecting %d machines into %s/%s", len(config.machines), influx.url, influx.database
+            "collecting %d machines into %s/%s (event loop: %s)",
+            len(config.machines),
+            influx.url,
+            influx.database,
+            type(loop).__module__.split(".")[0],
         )
         await collector.run(stop)
 
     try:
-        asyncio.run(run())
+        with asyncio.Runner(loop_factory=event_loop_factory(args.event_loop)) as runner:
+            runner.run(run())
     except BufferDirectoryError as exc:
         print(exc, file=sys.stderr)
         return 1
     return 0
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop, where it is installed and asked for; else asyncio's (None)."""
+    if name != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform: asyncio's loop does the same, slower
+        log.info("uvloop is not installed: running on asyncio's own event loop")
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _now_ms() -> int:

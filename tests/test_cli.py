@@ -92,8 +92,9 @@ def test_schema_is_json_for_editors() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 async def test_collect_runs_until_sigint_and_flushes(
-    influxdb: InfluxDBDatabase, tmp_path: Path
+    influxdb: InfluxDBDatabase, tmp_path: Path, event_loop: str
 ) -> None:
     influxdb.create()
     port_base = free_port_base(8)
@@ -108,6 +109,7 @@ async def test_collect_runs_until_sigint_and_flushes(
             *AGUANTE,
             "collect",
             str(config_path),
+            f"--event-loop={event_loop}",
             cwd=tmp_path,
             env=os.environ | {"PYTHONPATH": str(ROOT)},
             stderr=asyncio.subprocess.PIPE,
@@ -118,6 +120,7 @@ async def test_collect_runs_until_sigint_and_flushes(
     log = stderr.decode()
     assert process.returncode == 0, log
     assert "collector stopped" in log
+    assert f"(event loop: {event_loop})" in log
     assert "Traceback" not in log
     machines = influxdb.query("SELECT count(*) FROM reading GROUP BY machine")
     assert {row["machine"] for row in machines} == {m.id for m in config.machines}
