@@ -725,11 +725,12 @@ values are stored as floats, stamped with the payload's time), or bare values on
 `planta/<machine>/valor/<signal>` (3 floats and an ON/OFF, stamped on arrival). The *plain
 subscriber* (`benchmarks/plain_mqtt.py`) is the floor: paho with clean session false and QoS 1,
 `json.loads` (or `float`) in the callback, line protocol by hand, one POST a second; paho acks
-each message when the callback returns. *aguante* is `aguante collect` on a generated config
-(one `mqtt.subscriptions` entry with `{machine}` / `{signal}`), its manual acks after the buffer
-and its health points every 10 s included. Each gets a fresh client id, a fresh database, and is
-run `--repeat` times, interleaved with the other, so noise from whatever else runs on the machine
-shows as the spread: cells are per run, the summary gives mean (min–max).
+each message when the callback returns. *aguante* is `aguante collect` (on uvloop, its default)
+on a generated config (one `mqtt.subscriptions` entry with `{machine}` / `{signal}`), its
+manual acks after the buffer and its health points every 10 s included. Each gets a fresh
+client id, a fresh database, and is run `--repeat` times, interleaved with the other, so noise
+from whatever else runs on the machine shows as the spread: cells are per run, the summary gives
+mean (min–max).
 
 The measured window opens when the load starts (after the contender has stored a probe message,
 so it is subscribed, plus 1 s) and closes when InfluxDB's count (polled every 0.25 s) reaches the

@@ -770,8 +770,9 @@ factory/sector/machine, one field per register, ms time stamps — in a fresh da
 private `influxd`. The *plain loop* (`benchmarks/plain_loop.py`) is the floor of what Python
 does for that job: one pymodbus client per device, the fewest reads, line protocol built by hand,
 one POST a cycle; no config validation, no buffer, no retries, no health points. *aguante* is the
-real `aguante collect` on a generated config, its health points every 10 s included. *Node-RED*
-is the do-it-yourself stack plants use today (`benchmarks/nodered.py`: Node-RED 4.1 with
+real `aguante collect` on a generated config (on uvloop, its default event loop; the plain loop
+runs on asyncio's own, as a plain program would), its health points every 10 s included.
+*Node-RED* is the do-it-yourself stack plants use today (`benchmarks/nodered.py`: Node-RED 4.1 with
 node-red-contrib-modbus and node-red-contrib-influxdb, installed from npm by the benchmark into
 `benchmarks/nodered/`): per device a Modbus client, one read node per request of the same plan, a
 function node joining the registers into one point, and an InfluxDB node writing each point as it

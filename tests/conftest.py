@@ -26,6 +26,20 @@ pytest_plugins = ["pytester"]
 
 _GRACE_S = 2.0
 
+# `aguante collect` runs on uvloop where it is installed: the tests that run the collector
+# against real brokers, databases and devices run on both loops.
+ON_BOTH_LOOPS = frozenset({"test_end_to_end.py", "test_mqtt_end_to_end.py"})
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+    if item.path.name not in ON_BOTH_LOOPS:
+        return None  # asyncio's loop, as pytest-asyncio makes it
+    import uvloop
+
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
 
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
