@@ -33,9 +33,9 @@ ON_BOTH_LOOPS = frozenset({"test_end_to_end.py", "test_mqtt_end_to_end.py"})
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
-) -> dict[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     if item.path.name not in ON_BOTH_LOOPS:
-        return None  # asyncio's loop, as pytest-asyncio makes it
+        return {"asyncio": asyncio.new_event_loop}  # one factory: no test id of its own
     import uvloop
 
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,31 @@ async def test_collect_runs_until_sigint_and_flushes(
     assert {row["machine"] for row in machines} == {m.id for m in config.machines}
     health = influxdb.query("SELECT last(written) AS written FROM collector")
     assert health[0]["written"] > 0
+
+
+def test_a_factory_without_mqtt_loads_no_mqtt_client() -> None:
+    # paho, protobuf (Sparkplug) and the payload parsers are 2-3 MiB a plant of PLCs only
+    # does not need; a board added to the file brings them in.
+    code = textwrap.dedent(
+        """
+        import asyncio, sys
+        from collector.config import parse_config
+        from collector.sources import build_sources
+        text = (
+            "factory: coop\\nsectors: [{id: s}]\\nmachines:\\n  - id: m\\n    sector: s\\n"
+            "    modbus: {host: 127.0.0.1, port: 5020,"
+            " signals: [{name: v, table: holding, address: 0}]}\\n"
+        )
+        board = text + "    mqtt: [{topic: a/b, format: plain, signals: [{name: w}]}]\\n"
+        async def kinds(text):
+            return [source.kind for source in build_sources(parse_config(text, environ={}))]
+        modbus_only = asyncio.run(kinds(text))
+        print(modbus_only, [m for m in ("paho", "google.protobuf") if m in sys.modules])
+        print(asyncio.run(kinds(board)))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == ["['modbus'] []", "['modbus', 'mqtt']"], done.stdout
 
 
 def test_collect_loads_no_other_packages_command() -> None:

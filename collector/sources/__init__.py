@@ -137,9 +137,11 @@ def _modbus(config: Config) -> list[Source]:
 
 
 def _mqtt(config: Config) -> list[Source]:
-    from collector.sources.mqtt import mqtt_sources
+    if not config.mqtt.subscriptions and not any(m.mqtt for m in config.machines):
+        return []  # and paho, protobuf and the parsers stay out of memory (2-3 MiB)
+    from collector.sources.mqtt import MqttSource
 
-    return list(mqtt_sources(config))
+    return [MqttSource(config)]
 
 
 # One line per kind of source: a builder of its sources from the config.

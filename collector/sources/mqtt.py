@@ -49,7 +49,7 @@ from collector.sources.mqtt_formats import (
 from collector.sources.sparkplug import DATATYPES, SparkplugMetric, encode_payload
 from collector.topics import AVAILABILITY_KINDS, TopicPattern, topic_layout
 
-__all__ = ["Delivered", "MqttSource", "mqtt_sources"]
+__all__ = ["Delivered", "MqttSource"]
 
 log = logging.getLogger(__name__)
 
@@ -915,9 +915,3 @@ class MqttSource:
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
-
-def mqtt_sources(config: Config) -> list[MqttSource]:
-    """One source for the broker when any board or subscription is configured."""
-    if not config.mqtt.subscriptions and not any(m.mqtt for m in config.machines):
-        return []
-    return [MqttSource(config)]
