@@ -743,6 +743,11 @@ def profile_lines(results: Sequence[Measurement]) -> list[str]:
             )
         )
     aguante = next((m for m in profiled if m.contender == "aguante"), None)
+    if aguante is not None:
+        lines[-1] += (
+            " aguante runs on uvloop, whose event loop is C: its time, system calls included, "
+            "shows under `Runner.run`."
+        )
     if aguante is not None and aguante.profile is not None:
         lines += [
             "",
