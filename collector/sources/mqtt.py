@@ -914,4 +914,3 @@ class MqttSource:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
