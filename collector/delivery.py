@@ -374,7 +374,9 @@ class Delivery:
             wait = buffer.fsync_interval if due is None else due - time.monotonic()
             if wait > 0:
                 # Nothing can fall due before this: older lines only leave, newer come later.
-                await asyncio.sleep(wait)
+                # (A millisecond more: uvloop's timers may fire that early, and a shorter
+                # sleep than theirs returns at once.)
+                await asyncio.sleep(wait + 0.001)
                 waited = False
                 continue
             if not self._not_writing.is_set() and not waited:

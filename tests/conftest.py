@@ -28,16 +28,27 @@ _GRACE_S = 2.0
 
 # `aguante collect` runs on uvloop where it is installed: the tests that run the collector
 # against real brokers, databases and devices run on both loops.
-ON_BOTH_LOOPS = frozenset({"test_end_to_end.py", "test_mqtt_end_to_end.py"})
+ON_BOTH_LOOPS = frozenset(
+    {
+        "test_end_to_end.py",
+        "test_mqtt_end_to_end.py",
+        "test_mqtt_security.py",
+        "test_mqtt_turns.py",
+        "test_app.py",
+        "test_modbus_source.py",
+    }
+)
 
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform: `collect` runs on asyncio's loop there
+        return {"asyncio": asyncio.new_event_loop}
     if item.path.name not in ON_BOTH_LOOPS:
         return {"asyncio": asyncio.new_event_loop}  # one factory: no test id of its own
-    import uvloop
-
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 

@@ -130,7 +130,7 @@ async def test_collect_runs_until_sigint_and_flushes(
 
 
 def test_a_factory_without_mqtt_loads_no_mqtt_client() -> None:
-    # paho, protobuf (Sparkplug) and the payload parsers are 2-3 MiB a plant of PLCs only
+    # paho, protobuf (Sparkplug) and the payload parsers are about 4 MiB a plant of PLCs only
     # does not need; a board added to the file brings them in.
     code = textwrap.dedent(
         """

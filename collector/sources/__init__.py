@@ -138,7 +138,7 @@ def _modbus(config: Config) -> list[Source]:
 
 def _mqtt(config: Config) -> list[Source]:
     if not config.mqtt.subscriptions and not any(m.mqtt for m in config.machines):
-        return []  # and paho, protobuf and the parsers stay out of memory (2-3 MiB)
+        return []  # and paho, protobuf and the parsers stay out of memory (about 4 MiB)
     from collector.sources.mqtt import MqttSource
 
     return [MqttSource(config)]

@@ -39,6 +39,7 @@ PHASE_SPREAD_MAX = 1.0
 # of the event loop (cheaper than one wake-up each: 20 devices spread one by one cost 1.6× the
 # CPU), while a thousand due together waited up to 0.2 s behind one another.
 DEVICES_PER_PHASE = 100
+TIMER_GRAIN = 0.001  # seconds: uvloop's timers are whole milliseconds
 
 
 class ModbusResponse(Protocol):
@@ -292,19 +293,20 @@ class ModbusConnection:
         values: dict[str, FieldValue] = {}
         answered = False
         problem = ""
-        loop = asyncio.get_running_loop()
         for request in polled.plan:
             if device.pause_between_requests:
                 # Measured from the link's last request, whichever unit it was for: slow devices
                 # on a shared RS-485 bus need the quiet time between any two frames.
-                quiet = self._last_request_end + device.pause_between_requests - loop.time()
+                # Never shorter: uvloop's timers count whole milliseconds, and fire up to one
+                # early (time.monotonic, not the loop's clock, which is as coarse).
+                quiet = self._last_request_end + device.pause_between_requests - time.monotonic()
                 if quiet > 0:
-                    await asyncio.sleep(quiet)
+                    await asyncio.sleep(quiet + TIMER_GRAIN)
             health.requests += 1
             try:
                 response = await _read(self._client, request, device.unit)
             except ModbusIOException as exc:
-                self._last_request_end = loop.time()
+                self._last_request_end = time.monotonic()
                 # No answer: the device is silent, so the rest of its requests would only
                 # hold up the other units on this link.
                 health.timeouts += 1
@@ -314,7 +316,7 @@ class ModbusConnection:
                     # taken for the answer to the next request. Let it land on no request.
                     await asyncio.sleep(self._quiet_after_timeout)
                 break
-            self._last_request_end = loop.time()
+            self._last_request_end = time.monotonic()
             if response.isError():
                 code = response.exception_code
                 health.exceptions[code] = health.exceptions.get(code, 0) + 1
