@@ -941,13 +941,19 @@ def _open_fds() -> set[str]:
     return found
 
 
+def on_failing_disk(directory: Path, buffers: list[DiskBuffer]) -> tuple[FailingDisk, DiskBuffer]:
+    """A buffer whose disk fails fsync when told to, its new directory synced already."""
+    disk = FailingDisk()
+    buffer = open_buffer(directory, fsync=disk)
+    buffers.append(buffer)
+    buffer.sync()
+    return disk, buffer
+
+
 def test_a_failed_sync_leaves_everything_due_for_the_next(
     tmp_path: Path, buffers: list[DiskBuffer]
 ) -> None:
-    disk = FailingDisk()
-    buffer = open_buffer(tmp_path / "b", fsync=disk)
-    buffers.append(buffer)
-    buffer.sync()
+    disk, buffer = on_failing_disk(tmp_path / "b", buffers)
     buffer.put(["m v=1i 1" + "x" * SEGMENT])  # fills the first segment: retired, not yet synced
     buffer.put(["m v=2i 2"])  # in a new segment file, whose name the directory must keep
     assert len(buffer._retired) == 1
@@ -983,10 +989,7 @@ def test_closing_after_a_failed_sync_releases_every_descriptor(tmp_path: Path) -
 def test_a_segment_that_cannot_be_synced_holds_up_nothing_else(
     tmp_path: Path, buffers: list[DiskBuffer]
 ) -> None:
-    disk = FailingDisk()
-    buffer = open_buffer(tmp_path / "b", fsync=disk)
-    buffers.append(buffer)
-    buffer.sync()
+    disk, buffer = on_failing_disk(tmp_path / "b", buffers)
     buffer.put(["m v=1i 1" + "x" * SEGMENT])
     buffer.put(["m v=2i 2" + "x" * SEGMENT])
     buffer.put(["m v=3i 3"])

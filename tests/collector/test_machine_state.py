@@ -245,11 +245,14 @@ def test_a_counter_that_restarts_from_zero_counts_what_was_made_since() -> None:
     assert tracker.tallies["produced"].glitches == 1
 
 
+# Parts counted from the fault input's pulses instead (and no down condition on it).
+PULSE_CONFIG = CONFIG.replace(
+    "produced: {signal: strokes}", "produced: {signal: fault, kind: pulse}"
+).replace("      down: {signal: fault, equals: true}\n", "")
+
+
 def test_a_pulse_input_counts_rising_edges() -> None:
-    text = CONFIG.replace(
-        "produced: {signal: strokes}", "produced: {signal: fault, kind: pulse}"
-    ).replace("      down: {signal: fault, equals: true}\n", "")
-    _, tracker = make(text)
+    _, tracker = make(PULSE_CONFIG)
     plant = Plant(tracker)
     for _ in range(7):
         plant.run(1, current=6.0, fault=True)
@@ -261,10 +264,7 @@ def test_a_pulse_input_counts_rising_edges() -> None:
 def test_a_counter_or_pulse_read_as_nan_counts_nothing() -> None:
     # A board whose sensor failed publishes "nan": not a part, and not an edge either.
     nan = float("nan")
-    text = CONFIG.replace(
-        "produced: {signal: strokes}", "produced: {signal: fault, kind: pulse}"
-    ).replace("      down: {signal: fault, equals: true}\n", "")
-    _, tracker = make(text)
+    _, tracker = make(PULSE_CONFIG)
     plant = Plant(tracker)
     for _ in range(5):
         plant.run(1, current=6.0, fault=0.0)
