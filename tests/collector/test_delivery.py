@@ -473,15 +473,28 @@ async def submit_for(delivery: Delivery, seconds: float, every: float = 0.005) -
     return n
 
 
+async def stored_with_syncs(
+    tmp_path: Path,
+    sink: MemorySink,
+    seconds: float,
+    *,
+    fsync_interval: float,
+    flush_interval: float,
+) -> tuple[int, int]:
+    """Points submitted for `seconds` and all stored by `sink`: how many, and the buffer's
+    syncs meanwhile."""
+    buffer = counting_buffer(tmp_path, fsync_interval=fsync_interval)
+    async with Delivery(
+        sink, quarantine_path=tmp_path / "q", buffer=buffer, flush_interval=flush_interval
+    ) as delivery:
+        n = await submit_for(delivery, seconds)
+        await eventually(lambda: len(sink.points) == n)
+        return n, len(buffer.syncs)
+
+
 async def test_lines_the_sink_stores_in_time_are_never_fsynced(tmp_path: Path) -> None:
     sink = MemorySink()
-    buffer = counting_buffer(tmp_path, fsync_interval=0.2)
-    async with Delivery(
-        sink, quarantine_path=tmp_path / "q", buffer=buffer, flush_interval=0.02
-    ) as delivery:
-        n = await submit_for(delivery, 1.0)
-        await eventually(lambda: len(sink.points) == n)
-        syncs = len(buffer.syncs)
+    n, syncs = await stored_with_syncs(tmp_path, sink, 1.0, fsync_interval=0.2, flush_interval=0.02)
     assert syncs == 0  # five fsync intervals went by, with lines put all along
     assert sink.points == points(n)
 
@@ -504,14 +517,9 @@ async def test_with_flush_and_fsync_intervals_alike_a_batch_being_written_is_wai
     # Lines put just after a batch was taken wait a flush interval for the next one, and fall
     # due while it is written: the sync waits for the write (up to SYNC_GRACE of the interval)
     # and then finds them stored.
-    sink = SlowSink(0.02)
-    buffer = counting_buffer(tmp_path, fsync_interval=0.1)
-    async with Delivery(
-        sink, quarantine_path=tmp_path / "q", buffer=buffer, flush_interval=0.1
-    ) as delivery:
-        n = await submit_for(delivery, 2.0)
-        await eventually(lambda: len(sink.points) == n)
-        syncs = len(buffer.syncs)
+    _, syncs = await stored_with_syncs(
+        tmp_path, SlowSink(0.02), 2.0, fsync_interval=0.1, flush_interval=0.1
+    )
     assert syncs <= 5  # of 16 batches; each would sync if its write were not waited for
 
 
