@@ -63,7 +63,7 @@ FACTORY = "bench"
 SECTOR = "bench"
 CPU_TARGET = 1.0  # aguante's CPU per value stored, as a multiple of the plain loop's
 NODE_RED_FACTOR = 10.0  # … and at least this many times less than Node-RED's
-PROFILED = ("plain loop", "aguante")  # py-spy reads Python processes only
+PROFILED = ("plain loop", "aguante", "bare client")  # py-spy reads Python processes only
 # Samples a second: the plant's contenders are busy about 1 % of the time, so py-spy's usual
 # 100 would give a handful of samples.
 PROFILE_RATE = 2000
@@ -166,6 +166,7 @@ class Contender(Protocol):
 
 class PlainLoop:
     name = "plain loop"
+    client = "pymodbus"  # or "bare", "bare-pipelined": see plain_loop.py
 
     def command(self, target: Target) -> list[str]:
         shape = target.shape
@@ -175,6 +176,7 @@ class PlainLoop:
             "influx_url": target.influx_url,
             "database": target.database,
             "interval": shape.interval,
+            "client": self.client,
             "devices": [
                 {
                     "machine": f"machine-{n}",
@@ -196,6 +198,18 @@ class PlainLoop:
             with contextlib.suppress(ValueError):
                 return int(json.loads(line)["points_read"])
         return None
+
+
+class BareClient(PlainLoop):
+    """The plain loop with no Modbus library: the floor below the floor."""
+
+    name = "bare client"
+    client = "bare"
+
+
+class BarePipelined(PlainLoop):
+    name = "bare pipelined"
+    client = "bare-pipelined"
 
 
 class Aguante:
@@ -245,7 +259,13 @@ class Aguante:
         return sum(int(row["last"]) for row in rows) if rows else None
 
 
-CONTENDERS: list[Contender] = [PlainLoop(), Aguante(), nodered.NodeRed(FACTORY, SECTOR)]
+CONTENDERS: list[Contender] = [
+    PlainLoop(),
+    Aguante(),
+    nodered.NodeRed(FACTORY, SECTOR),
+    BareClient(),
+    BarePipelined(),
+]
 
 
 @dataclass
@@ -584,9 +604,10 @@ class Verdict:
     passed: bool
 
 
-def verdicts(
-    plain: Measurement | None, aguante: Measurement | None, node_red: Measurement | None = None
-) -> list[Verdict]:
+def verdicts(results: Sequence[Measurement]) -> list[Verdict]:
+    plain = _named(results, PlainLoop.name)
+    aguante = _named(results, Aguante.name)
+    node_red = _named(results, nodered.NodeRed.name)
     out: list[Verdict] = []
     if node_red is not None and aguante is not None and aguante.cpu_per_1000_values > 0:
         times = node_red.cpu_per_1000_values / aguante.cpu_per_1000_values
@@ -605,9 +626,7 @@ def verdicts(
                 ratio <= CPU_TARGET,
             )
         )
-    for m in (plain, aguante, node_red):
-        if m is None:
-            continue
+    for m in results:
         minimum = len(m.shape.minimum_reads)
         ok = abs(m.requests_per_poll - minimum) <= REQUEST_TOLERANCE * minimum
         out.append(
@@ -631,7 +650,7 @@ def verdicts(
 def shape_table(shape: Shape, results: list[Measurement]) -> list[str]:
     reads = shape.minimum_reads
     through = minimum_reads(shape.addresses, MAX_REGISTERS, MAX_REGISTERS)
-    base = next((m for m in results if m.contender == "plain loop"), None)
+    base = _named(results, PlainLoop.name)
     rows: list[tuple[str, list[str]]] = [
         ("measured window, s", [_f(m.window_s, 1) for m in results]),
         ("CPU in window, s (user+sys)", [_f(m.cpu_s) for m in results]),
@@ -697,22 +716,20 @@ def shape_table(shape: Shape, results: list[Measurement]) -> list[str]:
     ]
     lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
     lines.append("")
-    plain = base
-    aguante = next((m for m in results if m.contender == "aguante"), None)
-    node_red = next((m for m in results if m.contender == nodered.NodeRed.name), None)
-    lines += [
-        f"- {'PASS' if v.passed else 'FAIL'}: {v.label}" for v in verdicts(plain, aguante, node_red)
-    ]
+    lines += [f"- {'PASS' if v.passed else 'FAIL'}: {v.label}" for v in verdicts(results)]
     for m in results:
         lines += [f"- note ({m.contender}): {problem}" for problem in m.problems]
     lines.append("")
+    target = node_red_target(results)
+    if target:
+        lines += [target, ""]
     lines += profile_lines(results)
     return lines
 
 
 def profile_lines(results: Sequence[Measurement]) -> list[str]:
-    """Where the Python contenders' CPU went (py-spy after their last round), and what the
-    Node-RED target asks of aguante against the plain loop: the profile that explains a miss."""
+    """Where the Python contenders' CPU went (py-spy after their last round): with
+    `node_red_target`, what explains a miss."""
     profiled = [m for m in results if m.profile is not None and m.profile.samples]
     if not profiled:
         return []
@@ -727,22 +744,7 @@ def profile_lines(results: Sequence[Measurement]) -> list[str]:
         )
         + "."
     ]
-    plain = next((m for m in results if m.contender == "plain loop"), None)
-    node_red = next((m for m in results if m.contender == nodered.NodeRed.name), None)
-    if plain is not None and node_red is not None and plain.cpu_per_1000_values > 0:
-        floor = node_red.cpu_per_1000_values / plain.cpu_per_1000_values
-        ours = next((m for m in results if m.contender == "aguante"), None)
-        lines[-1] += (
-            f" Node-RED spent {floor:.1f}× the plain loop's CPU per value here, so "
-            f"{NODE_RED_FACTOR:.0f}× less than Node-RED means "
-            f"{floor / NODE_RED_FACTOR:.2f}× the plain loop's"
-            + (
-                f" (aguante: {ours.cpu_per_1000_values / plain.cpu_per_1000_values:.2f}×)."
-                if ours is not None
-                else "."
-            )
-        )
-    aguante = next((m for m in profiled if m.contender == "aguante"), None)
+    aguante = _named(profiled, Aguante.name)
     if aguante is not None:
         lines[-1] += (
             " aguante runs on uvloop, whose event loop is C: its time, system calls included, "
@@ -760,6 +762,32 @@ def profile_lines(results: Sequence[Measurement]) -> list[str]:
         ]
     lines.append("")
     return lines
+
+
+def _named(results: Sequence[Measurement], name: str) -> Measurement | None:
+    return next((m for m in results if m.contender == name), None)
+
+
+def node_red_target(results: Sequence[Measurement]) -> str:
+    """What 10× less than Node-RED asks, against the plain loop, and how near each Python
+    contender came — the bare clients show how much of it any Python collector could reach."""
+    plain = _named(results, PlainLoop.name)
+    node_red = _named(results, nodered.NodeRed.name)
+    if plain is None or node_red is None or not plain.cpu_per_1000_values > 0:
+        return ""
+    floor = node_red.cpu_per_1000_values / plain.cpu_per_1000_values
+    reached = [
+        f"{m.contender} {m.cpu_per_1000_values / plain.cpu_per_1000_values:.2f}×, "
+        f"{node_red.cpu_per_1000_values / m.cpu_per_1000_values:.1f}× less than Node-RED"
+        for m in results
+        if m not in (plain, node_red) and m.cpu_per_1000_values > 0
+    ]
+    return (
+        f"Node-RED spent {floor:.1f}× the plain loop's CPU per value here, so "
+        f"{NODE_RED_FACTOR:.0f}× less than Node-RED means "
+        f"{floor / NODE_RED_FACTOR:.2f}× the plain loop's"
+        + (f" ({'; '.join(reached)})." if reached else ".")
+    )
 
 
 def _address_summary(addresses: Sequence[int]) -> str:
@@ -782,6 +810,11 @@ node-red-contrib-modbus and node-red-contrib-influxdb, installed from npm by the
 `benchmarks/nodered/`): per device a Modbus client, one read node per request of the same plan, a
 function node joining the registers into one point, and an InfluxDB node writing each point as it
 comes — the way such flows are built (its fields are floats: the node writes JS numbers so).
+The *bare client* is the plain loop with no Modbus library at all: function 3 over TCP written by
+hand as an asyncio protocol, on uvloop — the least any Python collector could spend, which is
+what the 10×-less-than-Node-RED target is measured against. *bare pipelined* also sends all of a
+poll's requests in one write without waiting for each answer: Modbus TCP allows it, but many
+devices and gateways answer only one request at a time, so no collector can do it by default.
 
 Only the window after the warm-up counts. CPU is user+sys time of the contender's process
 (/proc/PID/stat) over the window, divided by the values whose time stamps fall in it, counted in

@@ -26,7 +26,7 @@ def test_the_modbus_benchmark_runs_and_reports_numbers_for_each_contender(
         "--devices", "2",
         "--seconds", "3",
         "--warmup", "4",
-        "--contenders", "plain loop,aguante",
+        "--contenders", "plain loop,aguante,bare client,bare pipelined",
         "--rounds", "2",
         "--profile-seconds", "2",
         "--output", str(report),
@@ -35,11 +35,13 @@ def test_the_modbus_benchmark_runs_and_reports_numbers_for_each_contender(
     assert done.returncode == 0, done.stderr[-3000:]
     text = report.read_text()
     row = next(line for line in text.splitlines() if "CPU s per 1,000 values stored" in line)
-    assert len(re.findall(r"\*\*\d+\.\d+\*\*", row)) == 2, row
+    assert len(re.findall(r"\*\*\d+\.\d+\*\*", row)) == 4, row
     each = next(line for line in text.splitlines() if "of each round" in line)
-    assert len(re.findall(r"\d+\.\d+ / \d+\.\d+", each)) == 2, each  # two rounds each
+    assert len(re.findall(r"\d+\.\d+ / \d+\.\d+", each)) == 4, each  # two rounds each
     requests = next(line for line in text.splitlines() if "Modbus requests per poll" in line)
-    assert re.findall(r"\| (\d+\.\d+)", requests) == ["1.00", "1.00"], requests
+    assert re.findall(r"\| (\d+\.\d+)", requests) == ["1.00"] * 4, requests
+    for contender in ("plain loop", "aguante", "bare client", "bare pipelined"):
+        assert f"PASS: {contender}: every point read is stored" in text
 
 
 def test_the_network_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
@@ -73,11 +75,16 @@ def test_the_profiles_and_what_the_node_red_target_asks_are_reported() -> None:
         measured("plain loop", 0.004, pyspy.Profile(200, [], [("pymodbus", 55.0)], 20.0)),
         measured("aguante", 0.004, pyspy.Profile(300, top, [("collector", 40.0)], 20.0)),
         measured("Node-RED", 0.02, None),
+        measured("bare client", 0.0025, None),
     ]
     text = "\n".join(run.profile_lines(results))
     assert "plain loop (200 samples): pymodbus 55 %" in text
     assert "aguante (300 samples): collector 40 %" in text
-    assert "Node-RED spent 5.0× the plain loop's CPU per value" in text
-    assert "means 0.50× the plain loop's" in text
     assert "| `_poll (collector/sources/modbus.py)` | 30.0 | 60.0 |" in text
-    assert run.profile_lines(results[2:]) == []  # Node-RED alone: no profile to show
+    assert run.profile_lines(results[2:]) == []  # no Python contender profiled: nothing to show
+    target = run.node_red_target(results)
+    assert target.startswith("Node-RED spent 5.0× the plain loop's CPU per value")
+    assert "means 0.50× the plain loop's" in target
+    assert "aguante 1.00×, 5.0× less than Node-RED" in target
+    assert "bare client 0.62×, 8.0× less than Node-RED" in target
+    assert run.node_red_target(results[1:]) == ""  # no plain loop: nothing to compare with
