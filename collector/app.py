@@ -17,7 +17,7 @@ from typing import Any
 from collector.buffer import DiskBuffer
 from collector.capacity import CapacityTracker
 from collector.config import Config
-from collector.delivery import Delivery
+from collector.delivery import Buffer, Delivery
 from collector.lograte import Occasional
 from collector.schema import COLLECTOR, READING, Point
 from collector.sinks import Sink
@@ -50,7 +50,10 @@ class Collector:
         state_path: Path | None = None,
         clock: Callable[[], float] = time.time,
         tick_interval: float = TICK_INTERVAL,
+        buffer: Buffer | None = None,
     ) -> None:
+        """`buffer` stands in for the disk buffer the config describes (tests of a failing
+        disk); `clock` for the wall clock."""
         self.config = config
         self.sink = sink
         self.sources = list(build_sources(config) if sources is None else sources)
@@ -66,6 +69,7 @@ class Collector:
         self._state_path = state_path
         self._clock = clock
         self._tick_interval = tick_interval
+        self._given_buffer = buffer
         self.capacity: CapacityTracker | None = None
         self._undecodable = Occasional(UNDECODABLE_LOG_INTERVAL)
         self._state_errors = Occasional(UNDECODABLE_LOG_INTERVAL)
@@ -110,14 +114,16 @@ class Collector:
 
     async def _run(self, stop: asyncio.Event) -> None:
         influx, settings = self.config.influxdb, self.config.buffer
-        buffer = DiskBuffer(
-            self._buffer_path,
-            max_bytes=settings.max_bytes,
-            segment_bytes=settings.segment_bytes,
-            fsync_interval=settings.fsync_interval,
-            when_full=settings.when_full,
-            cache_lines=influx.max_buffered_points,
-        )
+        buffer = self._given_buffer
+        if buffer is None:
+            buffer = DiskBuffer(
+                self._buffer_path,
+                max_bytes=settings.max_bytes,
+                segment_bytes=settings.segment_bytes,
+                fsync_interval=settings.fsync_interval,
+                when_full=settings.when_full,
+                cache_lines=influx.max_buffered_points,
+            )
         delivery = Delivery(
             self.sink,
             batch_size=influx.batch_size,

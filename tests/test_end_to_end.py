@@ -25,6 +25,7 @@ from simulators import Simulator, load_scenario, run_scenario
 from tests.conftest import InfluxDBDatabase
 from tests.services import InfluxDB, Mosquitto
 from tests.simulation import MONDAY_MORNING, free_port_base, with_pty_dir
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -102,12 +103,6 @@ async def running(collector: Collector) -> AsyncIterator[Collector]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
-
-
-async def eventually(check: Callable[[], bool], within: float = 15.0) -> None:
-    async with asyncio.timeout(within):
-        while not check():  # noqa: ASYNC110 - the condition lives in InfluxDB: polling it is the way
-            await asyncio.sleep(0.1)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from collector.config import Config, parse_config
 from collector.sinks.influxdb import InfluxDBSink
 from tests.conftest import InfluxDBDatabase
 from tests.services import Mosquitto
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -131,12 +132,6 @@ async def running(config: Config, tmp_path: Path) -> AsyncIterator[Collector]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
-
-
-async def eventually(check: Callable[[], bool], within: float = 15.0) -> None:
-    async with asyncio.timeout(within):
-        while not check():  # noqa: ASYNC110 - the condition lives in InfluxDB
-            await asyncio.sleep(0.1)
 
 
 def rows(influxdb: InfluxDBDatabase, machine: str) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from collector.sinks.influxdb import InfluxDBSink
 from collector.sources.mqtt import MqttSource
 from tests.conftest import InfluxDBDatabase, make_tls_or_fail
 from tests.services import Mosquitto, TlsFiles
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -155,12 +156,6 @@ def board(
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while not check():  # noqa: ASYNC110 - the condition lives in InfluxDB or paho's thread
-            await asyncio.sleep(0.05)
 
 
 def speeds(influxdb: InfluxDBDatabase) -> list[float]:

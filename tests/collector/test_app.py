@@ -16,6 +16,8 @@ from collector.config import Config, parse_config
 from collector.schema import COLLECTOR, READING
 from collector.sinks.memory import MemorySink
 from collector.sources import Consume, DeviceHealth, HealthRecord, Reading, Source, Unavailable
+from tests.collector.failing_disk import FailingDisk
+from tests.waiting import eventually
 
 CONFIG = """
 factory: coop
@@ -317,3 +319,74 @@ async def test_a_counter_read_as_nan_is_stored_without_it_and_counts_no_parts(
     assert collector.capacity is not None
     saved = collector.capacity.trackers["press-1"]
     assert sum(m.produced for m in saved.minutes.values()) == 4
+
+
+class ReplayingSource(TurnSource):
+    """Hands its turn over again each time `again` is set, as a broker sends unacknowledged
+    messages again after a reconnection."""
+
+    def __init__(self, readings: list[Reading]) -> None:
+        super().__init__(readings)
+        self.again = asyncio.Event()
+        self.turns = 0
+
+    async def run(self, consume: Consume) -> None:
+        self.starts += 1
+        while True:
+            consume(self.readings)
+            self.turns += 1
+            await self.again.wait()
+            self.again.clear()
+
+
+def counted_parts(collector: Collector) -> int:
+    assert collector.capacity is not None
+    return sum(m.produced for m in collector.capacity.trackers["press-1"].minutes.values())
+
+
+@pytest.mark.parametrize("acknowledged", [True, False], ids=["mqtt-like", "modbus-like"])
+async def test_readings_the_buffer_refuses_are_counted_once_and_acknowledged_only_when_kept(
+    tmp_path: Path, acknowledged: bool
+) -> None:
+    # A full disk refuses a turn. Messages that wait for their acknowledgement come back from
+    # the broker, so the machine states count them then; readings that never come back
+    # (Modbus, QoS 0) the states count at once, though they could not be stored.
+    config = parse_config(STATE_CONFIG, environ={})
+    start = 1_764_000_000_000
+    acks: list[int] = []
+    readings = [
+        Reading(
+            "press-1",
+            start + n * 1000,
+            {"cycles": 100 + n, "motor": True},
+            (lambda n=n: acks.append(n)) if acknowledged else None,
+        )
+        for n in range(4)
+    ]
+    sink, source, disk = MemorySink(), ReplayingSource(readings), FailingDisk()
+    disk.fail_put = True
+    collector = collector_in(
+        tmp_path, config, sink, source, clock=lambda: start / 1000 + 5, buffer=disk
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    try:
+        await eventually(lambda: source.turns == 1)
+        assert acks == []
+        assert counted_parts(collector) == (0 if acknowledged else 3)
+        disk.fail_put = False
+        if acknowledged:  # the broker sends the messages again
+            source.again.set()
+            await eventually(lambda: source.turns == 2)
+            await eventually(lambda: any(p.measurement == READING for p in sink.points))
+        await eventually(lambda: any(p.measurement == COLLECTOR for p in sink.points))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert acks == ([0, 1, 2, 3] if acknowledged else [])
+    assert counted_parts(collector) == 3  # counted once either way
+    stored = [p.fields["cycles"] for p in sink.points if p.measurement == READING]
+    assert stored == ([100, 101, 102, 103] if acknowledged else [])
+    assert collector.delivery is not None
+    # the readings of the refused turn, and whatever else came while the disk was full
+    assert collector.delivery.stats().dropped >= 4

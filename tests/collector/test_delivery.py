@@ -21,8 +21,10 @@ from collector.schema import Point
 from collector.sinks import AuthWriteError, RetryableWriteError
 from collector.sinks.influxdb import InfluxDBSink
 from collector.sinks.memory import MemorySink
+from tests.collector.failing_disk import FailingDisk
 from tests.conftest import InfluxDBDatabase
 from tests.services import InfluxDB
+from tests.waiting import eventually
 
 T0 = 1_700_000_000_000
 FAST: dict[str, Any] = {"flush_interval": 0.02, "retry_initial": 0.01, "retry_max": 0.05}
@@ -33,12 +35,6 @@ def points(n: int, start: int = 0) -> list[Point]:
         Point("reading", {"machine": "m1"}, {"v": float(i)}, T0 + i)
         for i in range(start, start + n)
     ]
-
-
-async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - the code under test has no event for this
-            await asyncio.sleep(0.01)
 
 
 def test_memory_buffer_hands_out_the_same_batch_until_acked() -> None:
@@ -361,26 +357,6 @@ async def test_a_point_no_server_can_store_is_quarantined_at_once(tmp_path: Path
     assert record["point"] == repr(bad)
     assert record["reason"] == "a measurement name cannot start with '#'"
     assert delivery.stats().quarantined == 1
-
-
-class FailingDisk(MemoryBuffer):
-    """A buffer whose disk fails on demand: `fail_take` / `fail_put` reads or writes raise."""
-
-    def __init__(self) -> None:
-        super().__init__(max_points=10_000)
-        self.fail_take = 0
-        self.fail_put = False
-
-    def take(self, max_n: int) -> list[str]:
-        if self.fail_take:
-            self.fail_take -= 1
-            raise OSError(5, "Input/output error")
-        return super().take(max_n)
-
-    def put(self, lines: Sequence[str]) -> int:
-        if self.fail_put:
-            raise OSError(28, "No space left on device")
-        return super().put(lines)
 
 
 async def test_a_failing_disk_read_is_retried_not_the_end_of_delivery(

@@ -46,6 +46,7 @@ from maintenance.notify import (
     retry_delay_ms,
 )
 from tests.services import Mosquitto, TlsFiles, free_port, make_tls_files
+from tests.waiting import eventually
 
 TOPIC = "planta/mantenimiento/tickets"
 PAYLOAD: dict[str, object] = {
@@ -64,12 +65,6 @@ TEXT = (
 
 def notice(target: str = "tablero", ticket_id: int = 17) -> Notice:
     return Notice(target=target, ticket_id=ticket_id, subject=SUBJECT, text=TEXT, payload=PAYLOAD)
-
-
-async def eventually(check: Callable[[], object], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not check():  # noqa: ASYNC110 - the condition lives in another thread
-            await asyncio.sleep(0.02)
 
 
 # -- MQTT -----------------------------------------------------------------------------------------
