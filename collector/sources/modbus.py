@@ -138,7 +138,14 @@ class ModbusConnection:
         link = max(devices, key=lambda d: (d.timeout, d.retries))
         self.name = devices[0].connection_key
         self.raw_frames: deque[tuple[float, bool, bytes]] = deque(maxlen=RAW_FRAMES_KEPT)
-        self._client = client_factory(link, self._trace)
+        self._client = client = client_factory(link, self._trace)
+        # Each table's read, looked up once: a poll calls it for every request.
+        self._reads: dict[str, Callable[..., Awaitable[ModbusResponse]]] = {
+            "holding": client.read_holding_registers,
+            "input": client.read_input_registers,
+            "coil": client.read_coils,
+            "discrete": client.read_discrete_inputs,
+        }
         self._pause_after_connect = max(d.pause_after_connect for d in devices)
         self._polled = [
             _Polled(m, d, coalesce_reads(d), DeviceHealth(m.id))
@@ -304,7 +311,9 @@ class ModbusConnection:
                     await asyncio.sleep(quiet + TIMER_GRAIN)
             health.requests += 1
             try:
-                response = await _read(self._client, request, device.unit)
+                response = await self._reads[request.table](
+                    request.address, count=request.count, device_id=device.unit
+                )
             except ModbusIOException as exc:
                 self._last_request_end = time.monotonic()
                 # No answer: the device is silent, so the rest of its requests would only
@@ -370,19 +379,6 @@ def _phase(machine_id: str, interval: float, phases: int) -> float:
     scale benchmark's jitter)."""
     slot = zlib.crc32(machine_id.encode()) * phases // 2**32
     return slot / phases * min(interval, PHASE_SPREAD_MAX)
-
-
-async def _read(client: ModbusClient, request: ReadRequest, unit: int) -> ModbusResponse:
-    if request.table == "holding":
-        read = client.read_holding_registers
-    elif request.table == "input":
-        read = client.read_input_registers
-    elif request.table == "coil":
-        read = client.read_coils
-    else:
-        read = client.read_discrete_inputs
-    response: ModbusResponse = await read(request.address, count=request.count, device_id=unit)
-    return response
 
 
 def modbus_sources(
