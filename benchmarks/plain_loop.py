@@ -45,7 +45,7 @@ class _Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received += data
-        if len(self.received) >= self.wanted and self.waiter and not self.waiter.done():
+        if self.waiter and not self.waiter.done() and self._enough():
             self.waiter.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -54,9 +54,12 @@ class _Link(asyncio.Protocol):
             self.waiter.set_exception(exc or ConnectionResetError("connection closed"))
 
     async def exchange(self, request: bytes, wanted: int) -> bytes:
-        """Send `request`, wait for `wanted` bytes of answer, hand them over."""
+        """Send `request`, wait for `wanted` bytes of answer (or an exception answer's 9: its
+        function code has the high bit set), hand them over."""
         if self.transport is None:
             raise ConnectionResetError("connection closed")
+        if self.received:  # an answer nobody asked for: the link is out of step
+            raise ConnectionError(f"{len(self.received)} bytes no request asked for")
         self.wanted = wanted
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)
@@ -64,6 +67,12 @@ class _Link(asyncio.Protocol):
         answer = bytes(self.received[:wanted])
         del self.received[:wanted]
         return answer
+
+    def _enough(self) -> bool:
+        if len(self.received) >= self.wanted:
+            return True
+        # An exception answer (MBAP 7 bytes, function | 0x80, code) is shorter than any read's.
+        return len(self.received) >= 9 and self.received[7] & 0x80 != 0
 
 
 class BareClient:
@@ -85,27 +94,30 @@ class BareClient:
         registers: dict[int, int] = {}
         batches = [reads] if pipelined else [[read] for read in reads]
         try:
-            if self.link is None:
+            if self.link is None or self.link.transport is None:  # never opened, or closed
                 loop = asyncio.get_running_loop()
-                _, self.link = await loop.create_connection(_Link, self.host, self.port)
+                async with asyncio.timeout(self.timeout):
+                    _, self.link = await loop.create_connection(_Link, self.host, self.port)
             for batch in batches:
-                frames = []
+                frames, expected = [], []
                 for address, count in batch:
                     self.transaction = tid = (self.transaction + 1) & 0xFFFF
                     frames.append(struct.pack(">HHHBBHH", tid, 0, 6, self.unit, 3, address, count))
+                    # transaction, protocol, length, unit, function, byte count
+                    expected.append((tid, 0, 3 + 2 * count, self.unit, 3, 2 * count))
                 wanted = sum(9 + 2 * count for _, count in batch)
                 async with asyncio.timeout(self.timeout):
                     answer = await self.link.exchange(b"".join(frames), wanted)
                 at = 0
-                for address, count in batch:
-                    # transaction, protocol, length, unit, function, byte count; then the words
-                    _, _, _, _, function, size = struct.unpack_from(">HHHBBB", answer, at)
-                    if function != 3 or size != 2 * count:
-                        raise ConnectionError(f"unexpected answer: function {function}")
+                for (address, count), header in zip(batch, expected, strict=True):
+                    # Answers in the order asked, each the header the request implies.
+                    got = struct.unpack_from(">HHHBBB", answer, at)
+                    if got != header:
+                        raise ConnectionError(f"unexpected answer {got}, not {header}")
                     words = struct.unpack_from(f">{count}H", answer, at + 9)
                     for offset, word in enumerate(words):
                         registers[address + offset] = word
-                    at += 9 + size
+                    at += 9 + 2 * count
         except (OSError, TimeoutError, struct.error):
             self.close()
             return None

@@ -245,7 +245,9 @@ def _collect(args: argparse.Namespace) -> int:
         # pymodbus clients bind to the running loop when made, so the collector is made here.
         collector = Collector(config, sink=sink)
         # What exists now (modules, config, read plans, clients) lives as long as the process:
-        # frozen, the garbage collector's full passes no longer walk it every time.
+        # frozen, the garbage collector's full passes no longer walk it every time. (Collected
+        # first: garbage frozen would never be freed.)
+        gc.collect()
         gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

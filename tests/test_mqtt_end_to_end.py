@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,7 +24,10 @@ from collector.config import Config, parse_config
 from collector.sinks.influxdb import InfluxDBSink
 from tests.conftest import InfluxDBDatabase
 from tests.services import Mosquitto
-from tests.waiting import eventually
+from tests.waiting import eventually as _eventually
+
+# Their checks query InfluxDB, blocking the collector's loop meanwhile: asked every 0.1 s.
+eventually = functools.partial(_eventually, every=0.1)
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import ssl
@@ -28,7 +29,10 @@ from collector.sinks.influxdb import InfluxDBSink
 from collector.sources.mqtt import MqttSource
 from tests.conftest import InfluxDBDatabase, make_tls_or_fail
 from tests.services import Mosquitto, TlsFiles
-from tests.waiting import eventually
+from tests.waiting import eventually as _eventually
+
+# Their checks query InfluxDB, blocking the collector's loop meanwhile: asked every 0.05 s.
+eventually = functools.partial(_eventually, every=0.05)
 
 pytestmark = pytest.mark.integration
 
