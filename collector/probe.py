@@ -20,7 +20,7 @@ from collector.config import REGISTER_COUNT, ModbusDevice, Signal, SignalType, T
 from collector.decode import DecodeError, compile_decoder
 from collector.plan import coalesce_reads
 from collector.schema import FieldValue
-from collector.sources.modbus import ModbusClient
+from collector.sources.modbus import ModbusClient, reads_by_table
 
 __all__ = [
     "Answer",
@@ -116,12 +116,7 @@ class Prober:
         """One request; a timeout or a dropped link is an Answer, never an exception."""
         await self.pacer.wait()
         self.requests += 1
-        method = {
-            "coil": self.client.read_coils,
-            "discrete": self.client.read_discrete_inputs,
-            "holding": self.client.read_holding_registers,
-            "input": self.client.read_input_registers,
-        }[table]
+        method = reads_by_table(self.client)[table]
         try:
             if not self.client.connected and not await self.client.connect():
                 return Answer(timeout=True)

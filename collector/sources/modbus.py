@@ -104,6 +104,16 @@ def make_client(device: ModbusDevice, trace: Callable[[bool, bytes], bytes]) -> 
     return AsyncModbusTcpClient(device.host, port=device.port, framer=framer, **common)
 
 
+def reads_by_table(client: ModbusClient) -> dict[str, Callable[..., Awaitable[Any]]]:
+    """The client's read for each table (coil, discrete, holding, input)."""
+    return {
+        "coil": client.read_coils,
+        "discrete": client.read_discrete_inputs,
+        "holding": client.read_holding_registers,
+        "input": client.read_input_registers,
+    }
+
+
 @dataclass
 class _Polled:
     machine: Machine
@@ -140,12 +150,7 @@ class ModbusConnection:
         self.raw_frames: deque[tuple[float, bool, bytes]] = deque(maxlen=RAW_FRAMES_KEPT)
         self._client = client = client_factory(link, self._trace)
         # Each table's read, looked up once: a poll calls it for every request.
-        self._reads: dict[str, Callable[..., Awaitable[ModbusResponse]]] = {
-            "holding": client.read_holding_registers,
-            "input": client.read_input_registers,
-            "coil": client.read_coils,
-            "discrete": client.read_discrete_inputs,
-        }
+        self._reads = reads_by_table(client)
         self._pause_after_connect = max(d.pause_after_connect for d in devices)
         self._polled = [
             _Polled(m, d, coalesce_reads(d), DeviceHealth(m.id))
