@@ -27,7 +27,14 @@ from collector.plan import ReadRequest, coalesce_reads
 from collector.schema import FieldValue
 from collector.sources import Consume, DeviceHealth, HealthRecord, Reading, Unavailable
 
-__all__ = ["ModbusClient", "ModbusConnection", "ModbusResponse", "make_client", "modbus_sources"]
+__all__ = [
+    "ModbusClient",
+    "ModbusConnection",
+    "ModbusResponse",
+    "make_client",
+    "modbus_sources",
+    "reads_by_table",
+]
 
 log = logging.getLogger(__name__)
 
